@@ -1,0 +1,175 @@
+"""Checkpoints in the seminar's format, written atomically, loaded safely.
+
+``wrote_net.params`` is what the seminar's notebook writes: a pickle of the
+list of arrays in ``lasagne.layers.get_all_param_values`` order, so files
+move freely between the notebook and this toolkit. Beside it:
+
+* ``wrote_net.params.json``: human-readable metadata (network options,
+  vocabulary, data name, epoch, optimizer step, RNG seeds);
+* ``wrote_net.params.state-<hash>.npz``: Adam's moments and a copy of the
+  metadata, named after the sha256 of the parameter file it belongs to.
+
+Every file is written to a temporary name, fsynced and renamed. The state
+file is written before the parameter file is replaced and the old one is
+removed after, so whenever the process dies the parameter file on disk has
+its matching state file: resume never mixes two saves.
+
+A pickle can run any code its author chose, so parameter files are read
+with an unpickler that only builds numpy arrays and plain containers.
+"""
+import glob
+import hashlib
+import io
+import json
+import os
+import pickle
+import tempfile
+
+import numpy as np
+
+from .errors import UserError
+
+# (module, name) pairs an array pickle needs; numpy 2 writes numpy._core.*
+_SAFE_GLOBALS = {
+    ("numpy", "ndarray"), ("numpy", "dtype"),
+    ("numpy.core.multiarray", "_reconstruct"), ("numpy.core.multiarray", "scalar"),
+    ("numpy._core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "scalar"),
+    ("copy_reg", "_reconstructor"), ("copyreg", "_reconstructor"),
+    ("__builtin__", "object"), ("builtins", "object"),
+}
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+    def find_class(self, module, name):
+        if (module, name) in _SAFE_GLOBALS:
+            module = module.replace("numpy._core", "numpy.core").replace("__builtin__", "builtins")
+            module = "copyreg" if module == "copy_reg" else module
+            return super(_ArrayUnpickler, self).find_class(module, name)
+        raise pickle.UnpicklingError("refusing to load %s.%s" % (module, name))
+
+
+def safe_load_arrays(path):
+    """Read a pickled list of numpy arrays (seminar ``wrote_net.params``), refusing code.
+
+    Python 2 pickles (the seminar ran on Python 2) are read with latin1.
+    """
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        raise UserError("%s: checkpoint not found" % path)
+    try:
+        values = _ArrayUnpickler(io.BytesIO(data), encoding="latin1").load()
+    except pickle.UnpicklingError as exc:
+        raise UserError("%s: not a plain parameter pickle (%s); refusing to load it"
+                        % (path, exc))
+    except (EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError) as exc:
+        raise UserError("%s: truncated or corrupt parameter pickle (%s)"
+                        % (path, type(exc).__name__))
+    if isinstance(values, tuple):
+        values = list(values)
+    if not isinstance(values, list) or not all(isinstance(v, np.ndarray) for v in values):
+        raise UserError("%s: expected a list of numpy arrays, found %s"
+                        % (path, type(values).__name__))
+    return values
+
+
+def _atomic_write(path, write):
+    """Call ``write(file)`` on a temporary file, fsync it and rename it to ``path``."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp",
+                               dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    dir_fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def save_arrays(path, values):
+    """Write ``values`` as the seminar does (pickle of a list of arrays), atomically."""
+    payload = pickle.dumps([np.asarray(v) for v in values], protocol=2)
+    _atomic_write(path, lambda f: f.write(payload))
+    return hashlib.sha256(payload).hexdigest()
+
+
+def _sha256(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def metadata_path(path):
+    return path + ".json"
+
+
+def _state_path(path, digest):
+    return "%s.state-%s.npz" % (path, digest[:16])
+
+
+def save_checkpoint(path, param_values, metadata, optimizer_values=()):
+    """Save parameters, metadata and optimizer state so that any kill leaves a good set."""
+    payload = pickle.dumps([np.asarray(v) for v in param_values], protocol=2)
+    digest = hashlib.sha256(payload).hexdigest()
+    metadata = dict(metadata, params_sha256=digest)
+    meta_text = json.dumps(metadata, indent=1, sort_keys=True)
+    state = {"optimizer_%03d" % i: np.asarray(v) for i, v in enumerate(optimizer_values)}
+    state["metadata"] = np.array(meta_text)
+    old_states = set(glob.glob(glob.escape(path) + ".state-*.npz"))
+    new_state = _state_path(path, digest)
+    _atomic_write(new_state, lambda f: np.savez(f, **state))
+    _atomic_write(path, lambda f: f.write(payload))
+    _atomic_write(metadata_path(path), lambda f: f.write(meta_text.encode("utf-8")))
+    for old in old_states - {new_state}:
+        os.unlink(old)
+
+
+def load_metadata(path):
+    """Metadata of the parameter file at ``path`` (None for a bare seminar file)."""
+    meta_file = metadata_path(path)
+    if not os.path.exists(meta_file):
+        return None
+    try:
+        with open(meta_file, encoding="utf-8") as f:
+            metadata = json.load(f)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise UserError("%s: metadata is not valid JSON (%s)" % (meta_file, exc))
+    digest = _sha256(path)
+    if metadata.get("params_sha256") != digest:
+        # killed between replacing the parameters and their metadata:
+        # the state file written before the parameters holds the right copy
+        state = _load_state_file(path, digest)
+        metadata = json.loads(str(state["metadata"]))
+    return metadata
+
+
+def _load_state_file(path, digest):
+    state_file = _state_path(path, digest)
+    if not os.path.exists(state_file):
+        raise UserError("%s: no optimizer state matches these parameters (%s missing)"
+                        % (path, os.path.basename(state_file)))
+    try:
+        with np.load(state_file, allow_pickle=False) as data:
+            return {k: data[k] for k in data.files}
+    except (ValueError, OSError, EOFError) as exc:
+        raise UserError("%s: unreadable optimizer state (%s)" % (state_file, exc))
+
+
+def load_optimizer_state(path):
+    """Adam's arrays saved with the parameter file at ``path``, in order."""
+    state = _load_state_file(path, _sha256(path))
+    keys = sorted(k for k in state if k.startswith("optimizer_"))
+    return [state[k] for k in keys]

@@ -1,0 +1,161 @@
+"""Make PyPI Lasagne 0.1 run on theano-pymc 1.1.2 under a modern CPython.
+
+Import this module before anything imports ``theano`` or ``lasagne``
+(``import lasagne_caption`` does it for you). It
+
+* checks the interpreter and numpy against the versions the pins support and
+  raises :class:`UnsupportedEnvironment` with a one-line message otherwise;
+* fills in the Theano flags the user did not set: ``floatX=float32``, a BLAS
+  to link (Debian's OpenBLAS when present, else none), and a persistent
+  compile directory under the user's cache dir, so the minutes of first-time
+  C compilation are paid once per machine;
+* repairs the five places where Lasagne 0.1 and theano-pymc disagree:
+
+  1. ``blas__ldflags`` unset -> theano probes ``numpy.distutils`` for
+     ``blas_opt_info``, which numpy 1.23 lacks (AttributeError at import);
+  2. ``MRG_RandomStreams`` was renamed ``MRG_RandomStream``;
+  3. ``theano.tensor.signal.downsample`` is gone (pool layers need
+     ``max_pool_2d``);
+  4. ``theano.gof`` is now ``theano.graph``;
+  5. the Cython scan extension does not compile on Python >= 3.11; blocking
+     it makes Scan use its Python loop, which is as fast here.
+"""
+import configparser
+import ctypes.util
+import os
+import shlex
+import sys
+import types
+
+SUPPORTED_PYTHON = ((3, 9), (3, 11))   # inclusive range of (major, minor)
+SUPPORTED_NUMPY = ("1.22", "1.23", "1.24", "1.25")
+
+
+class UnsupportedEnvironment(RuntimeError):
+    """The interpreter or a pinned library is a version the pins do not cover."""
+
+
+def check_versions(python=None, numpy_version=None):
+    """Raise :class:`UnsupportedEnvironment` unless Python and numpy fit the pins."""
+    python = tuple(python or sys.version_info[:2])
+    lo, hi = SUPPORTED_PYTHON
+    if not lo <= python <= hi:
+        raise UnsupportedEnvironment(
+            "lasagne-caption needs CPython %d.%d to %d.%d (theano-pymc 1.1.2 and "
+            "numpy 1.23 have no builds for others); this is %d.%d"
+            % (lo + hi + python))
+    if numpy_version is None:
+        import numpy
+        numpy_version = numpy.__version__
+    if not numpy_version.startswith(tuple(v + "." for v in SUPPORTED_NUMPY)):
+        raise UnsupportedEnvironment(
+            "lasagne-caption needs numpy 1.23 (theano-pymc 1.1.2 breaks on numpy "
+            "%s); run: pip install numpy==1.23.5" % numpy_version)
+
+
+def _user_flags():
+    """Theano flags the user set, from THEANO_FLAGS and the .theanorc files."""
+    names = set()
+    for item in os.environ.get("THEANO_FLAGS", "").split(","):
+        if "=" in item:
+            names.add(item.split("=", 1)[0].strip().replace(".", "__"))
+    rc_files = os.environ.get("THEANORC", "~/.theanorc:~/.theanorc.txt")
+    parser = configparser.ConfigParser()
+    parser.read([os.path.expanduser(p) for p in rc_files.split(os.pathsep)])
+    for section in parser.sections():
+        for key in parser[section]:
+            names.add(key if section == "global" else section + "__" + key)
+    return names
+
+
+def cache_dir():
+    """The user's cache folder for lasagne-caption (XDG_CACHE_HOME aware)."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
+    return os.path.join(base, "lasagne-caption")
+
+
+def blas_ldflags():
+    """Linker flags for a real BLAS, or "" (Theano then uses its own C loops).
+
+    numpy's wheel bundles OpenBLAS with renamed (``*_64_``) symbols, so Theano
+    cannot link it; Debian's ``libopenblas-dev`` can be linked.
+    """
+    return "-lopenblas" if ctypes.util.find_library("openblas") else ""
+
+
+def default_flags():
+    """The flags this layer fills in when the user left them unset."""
+    return {
+        "floatX": "float32",
+        "blas__ldflags": blas_ldflags(),
+        "base_compiledir": os.path.join(cache_dir(), "theano"),
+    }
+
+
+def configure_flags():
+    """Append to THEANO_FLAGS every default flag the user did not set."""
+    user = _user_flags()
+    missing = {k: v for k, v in default_flags().items()
+               if k not in user and k.replace("__", ".") not in user
+               and not (k == "base_compiledir" and "compiledir" in user)}
+    if missing:
+        extra = ",".join("%s=%s" % kv for kv in missing.items())
+        current = os.environ.get("THEANO_FLAGS", "")
+        os.environ["THEANO_FLAGS"] = (current + "," + extra) if current else extra
+    return missing
+
+
+def _block_cython_scan():
+    # A None entry in sys.modules makes `from . import scan_perform_ext` raise
+    # ImportError, and Scan then falls back to its pure-Python inner loop.
+    sys.modules.setdefault("theano.scan.scan_perform_ext", None)
+
+
+def _patch_theano():
+    import theano
+    import theano.graph
+    import theano.sandbox.rng_mrg as rng_mrg
+    import theano.tensor.signal as signal
+    from theano.tensor.signal import pool
+
+    if not hasattr(rng_mrg, "MRG_RandomStreams"):
+        rng_mrg.MRG_RandomStreams = rng_mrg.MRG_RandomStream
+
+    if "theano.gof" not in sys.modules:
+        sys.modules["theano.gof"] = theano.graph
+    if not hasattr(theano, "gof"):
+        theano.gof = theano.graph
+    if not hasattr(theano.graph, "Variable"):
+        theano.graph.Variable = theano.graph.basic.Variable
+
+    if "theano.tensor.signal.downsample" not in sys.modules:
+        downsample = types.ModuleType("theano.tensor.signal.downsample")
+        downsample.__doc__ = "Lasagne 0.1's name for theano.tensor.signal.pool."
+
+        def max_pool_2d(input, ds, ignore_border=None, st=None, padding=(0, 0),
+                        mode="max"):
+            return pool.pool_2d(input, ws=ds, ignore_border=ignore_border,
+                                stride=st, pad=padding, mode=mode)
+
+        downsample.max_pool_2d = max_pool_2d
+        sys.modules[downsample.__name__] = downsample
+        signal.downsample = downsample
+
+
+_applied = False
+
+
+def apply():
+    """Check versions, set flags and patch theano; safe to call many times."""
+    global _applied
+    if _applied:
+        return
+    check_versions()
+    if "theano" not in sys.modules:
+        configure_flags()
+    _block_cython_scan()
+    _patch_theano()
+    _applied = True
+
+
+apply()

@@ -1,0 +1,6 @@
+"""Lasagne layers the seminar needs and PyPI Lasagne 0.1 lacks."""
+from .broadcast import BroadcastLayer, UnbroadcastLayer
+from .shape import ConcatLayer, SliceLayer
+from .recurrent import GRULayer, LSTMLayer
+
+__all__ = ["BroadcastLayer", "UnbroadcastLayer", "ConcatLayer", "SliceLayer", "LSTMLayer", "GRULayer"]

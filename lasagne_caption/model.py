@@ -1,0 +1,278 @@
+"""The seminar's captioning network, its masked loss and compiled functions.
+
+Network (defaults are the seminar's)::
+
+    words (batch, time) int32 ──► EmbeddingLayer(n_tokens → 128) ─┐
+    image codes (batch, D) ──► Dropout(0.5) ► Dense(200) ── cell_init ─► LSTM(200, mask)
+        ► BroadcastLayer(0, 1) ► Dense(n_tokens, softmax) ► UnbroadcastLayer
+        = next-word probabilities (batch, time, n_tokens)
+
+Options (off by default): embedding / LSTM sizes, the image fed as the
+first input step instead of the cell state (Show and Tell), a GRU instead of
+the LSTM, embeddings initialised from a GloVe file (frozen or trainable).
+"""
+import dataclasses
+import json
+
+import lasagne
+import numpy as np
+import theano
+import theano.tensor as T
+from lasagne.layers import (DenseLayer, DropoutLayer, EmbeddingLayer,
+                            InputLayer, ReshapeLayer)
+from lasagne.nonlinearities import softmax
+
+from .errors import UserError
+from .layers import (BroadcastLayer, ConcatLayer, GRULayer, LSTMLayer, SliceLayer,
+                     UnbroadcastLayer)
+from .vocab import PAD_IX
+
+
+@dataclasses.dataclass
+class NetworkConfig:
+    """Everything needed to rebuild the network; stored in checkpoint metadata."""
+    n_tokens: int
+    code_size: int
+    embed_size: int = 128
+    units: int = 200
+    image_inject: str = "cell_init"   # or "first_input" (Show and Tell)
+    cell: str = "lstm"                # or "gru"
+    dropout: float = 0.5
+    grad_clipping: float = 5.0
+    freeze_embeddings: bool = False
+
+    def __post_init__(self):
+        if self.image_inject not in ("cell_init", "first_input"):
+            raise UserError("image_inject must be cell_init or first_input, not %r"
+                            % self.image_inject)
+        if self.cell not in ("lstm", "gru"):
+            raise UserError("cell must be lstm or gru, not %r" % self.cell)
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, options):
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in options.items() if k in known})
+
+
+def read_glove(path, vocab, dim=None):
+    """Embedding matrix (len(vocab), dim) from a GloVe text file.
+
+    Words missing from the file keep a small random vector. Returns the
+    matrix and the number of vocabulary words found in the file.
+    """
+    vectors = {}
+    try:
+        with open(path, encoding="utf-8") as f:
+            for line_no, line in enumerate(f, 1):
+                parts = line.rstrip().split(" ")
+                if len(parts) < 2:
+                    continue
+                try:
+                    vec = np.asarray(parts[1:], dtype="float32")
+                except ValueError:
+                    raise UserError("%s: line %d is not 'word float float ...'" % (path, line_no))
+                if dim is None:
+                    dim = len(vec)
+                if len(vec) != dim:
+                    raise UserError("%s: line %d has %d numbers, expected %d"
+                                    % (path, line_no, len(vec), dim))
+                if parts[0] in vocab.index:
+                    vectors[parts[0]] = vec
+    except FileNotFoundError:
+        raise UserError("%s: GloVe file not found" % path)
+    except UnicodeDecodeError as exc:
+        raise UserError("%s: not UTF-8 text (%s)" % (path, exc.reason))
+    if dim is None:
+        raise UserError("%s: no word vectors in the file" % path)
+    rng = np.random.RandomState(0)
+    matrix = rng.normal(0, 0.1, (len(vocab), dim)).astype("float32")
+    for word, vec in vectors.items():
+        matrix[vocab.index[word]] = vec
+    return matrix, len(vectors)
+
+
+def build_network(config, sentences=None, image_codes=None, embeddings=None):
+    """Build the Lasagne layers; returns a dict of them (``net["probabilities"]`` on top).
+
+    Parameters
+    ----------
+    config : NetworkConfig
+    sentences : int32 matrix (batch, time), padding -1; a new ``T.imatrix`` if None.
+    image_codes : float32 matrix (batch, D); a new ``T.matrix`` if None.
+    embeddings : array (n_tokens, E) or None
+        Initial word vectors (e.g. from :func:`read_glove`); sets the embedding size.
+    """
+    sentences = T.imatrix("sentences") if sentences is None else sentences
+    image_codes = T.matrix("image_codes") if image_codes is None else image_codes
+    mask = T.neq(sentences, PAD_IX)
+    net = {"sentences": sentences, "image_codes": image_codes}
+    net["words"] = InputLayer((None, None), sentences, name="words")
+    net["mask"] = InputLayer((None, None), mask, name="mask")
+    net["image"] = InputLayer((None, config.code_size), image_codes, name="image")
+    embed_size = config.embed_size if embeddings is None else embeddings.shape[1]
+    net["embedding"] = EmbeddingLayer(
+        net["words"], config.n_tokens, embed_size, name="embedding",
+        **({} if embeddings is None else {"W": embeddings.astype("float32")}))
+    if config.freeze_embeddings:
+        net["embedding"].params[net["embedding"].W].discard("trainable")
+    net["image_dropout"] = DropoutLayer(net["image"], p=config.dropout, name="image_dropout")
+    Recurrent = LSTMLayer if config.cell == "lstm" else GRULayer
+    state = "cell_init" if config.cell == "lstm" else "hid_init"
+    if config.image_inject == "cell_init":
+        net["image_projection"] = DenseLayer(net["image_dropout"], config.units,
+                                             name="image_projection")
+        net["decoder"] = Recurrent(net["embedding"], config.units, mask_input=net["mask"],
+                                   grad_clipping=config.grad_clipping, name="decoder",
+                                   **{state: net["image_projection"]})
+        net["decoder_steps"] = net["decoder"]
+    else:
+        # Show and Tell: the projected image is the step before #START#
+        net["image_projection"] = DenseLayer(net["image_dropout"], embed_size,
+                                             nonlinearity=None, name="image_projection")
+        image_step = ReshapeLayer(net["image_projection"], ([0], 1, embed_size))
+        steps = ConcatLayer([image_step, net["embedding"]], axis=1)
+        ones = InputLayer((None, None), T.ones_like(sentences[:, :1], dtype="int8"))
+        step_mask = ConcatLayer([ones, net["mask"]], axis=1)
+        net["decoder"] = Recurrent(steps, config.units, mask_input=step_mask,
+                                   grad_clipping=config.grad_clipping, name="decoder")
+        net["decoder_steps"] = SliceLayer(net["decoder"], slice(1, None), axis=1)
+    net["broadcast"] = BroadcastLayer(net["decoder_steps"], (0, 1), name="broadcast")
+    net["output"] = DenseLayer(net["broadcast"], config.n_tokens, nonlinearity=softmax,
+                               name="output")
+    net["probabilities"] = UnbroadcastLayer(net["output"], net["broadcast"],
+                                            name="probabilities")
+    return net
+
+
+def param_labels(net):
+    """``layer.param`` names in ``get_all_param_values`` order, for error messages."""
+    labels = []
+    for layer in lasagne.layers.get_all_layers(net["probabilities"]):
+        # Lasagne already prefixes a named layer's parameters with its name
+        labels += [p.name if layer.name else "%s.%s" % (type(layer).__name__, p.name)
+                   for p in layer.get_params()]
+    return labels
+
+
+def masked_cross_entropy(probabilities, sentences):
+    """Next-word cross-entropy, mean over the non-padding target tokens.
+
+    ``probabilities`` (batch, time, n_tokens) at step t predicts word t+1 of
+    ``sentences`` (batch, time). This is the seminar's loss, except that the
+    seminar averaged over padding positions too.
+    """
+    n_tokens = probabilities.shape[-1]
+    predicted = probabilities[:, :-1].reshape((-1, n_tokens))
+    targets = sentences[:, 1:].flatten()
+    mask = T.neq(targets, PAD_IX)
+    # padding targets (-1) index a real column; their terms are masked out
+    nll = T.nnet.categorical_crossentropy(predicted, T.maximum(targets, 0))
+    return T.sum(nll * mask) / T.maximum(T.sum(mask), 1)
+
+
+def fast_masked_cross_entropy(net, deterministic=False):
+    """The same loss as :func:`masked_cross_entropy`, computed on real tokens only.
+
+    The output layer (hidden → n_tokens softmax) is most of a training step.
+    Padding positions are masked out of the loss anyway, so this applies it
+    only to the rows whose target is a real word: the same loss and the
+    same gradients, with less work.
+    """
+    sentences = net["sentences"]
+    hidden = lasagne.layers.get_output(net["decoder_steps"], deterministic=deterministic)
+    hidden = hidden[:, :-1].reshape((-1, hidden.shape[-1]))
+    targets = sentences[:, 1:].flatten()
+    real = T.neq(targets, PAD_IX).nonzero()[0]
+    output = net["output"]
+    logits = T.dot(hidden[real], output.W) + output.b
+    nll = T.nnet.crossentropy_softmax_1hot(logits, targets[real])[0]
+    return T.sum(nll) / T.maximum(real.shape[0], 1)
+
+
+class CaptionModel(object):
+    """The network with its compiled Theano functions.
+
+    Attributes ``train_step(image_codes, sentences) -> loss`` (one Adam step)
+    and ``val_step(image_codes, sentences) -> loss`` (dropout off), named as in
+    the seminar's notebook. Functions are compiled on first use.
+    """
+
+    def __init__(self, config, vocab, learning_rate=1e-3, embeddings=None):
+        if len(vocab) != config.n_tokens:
+            raise UserError("the vocabulary has %d words, the network %d"
+                            % (len(vocab), config.n_tokens))
+        self.config = config
+        self.vocab = vocab
+        self.learning_rate = learning_rate
+        self.net = build_network(config, embeddings=embeddings)
+        self.top = self.net["probabilities"]
+        self.params = lasagne.layers.get_all_params(self.top)
+        self.trainable = lasagne.layers.get_all_params(self.top, trainable=True)
+        self._functions = {}
+        self._optimizer_state = None
+
+    # -- parameters -------------------------------------------------------
+    def get_param_values(self):
+        """Arrays in ``lasagne.layers.get_all_param_values`` order (the seminar's format)."""
+        return lasagne.layers.get_all_param_values(self.top)
+
+    def set_param_values(self, values, source="parameters"):
+        """Set all parameters; a mismatch names the first offending parameter."""
+        labels = param_labels(self.net)
+        if len(values) != len(self.params):
+            raise UserError("%s: %d parameter arrays, the network has %d (%s ... %s)"
+                            % (source, len(values), len(self.params), labels[0], labels[-1]))
+        for i, (p, v, label) in enumerate(zip(self.params, values, labels)):
+            expected = p.get_value(borrow=True).shape
+            if tuple(np.shape(v)) != expected:
+                raise UserError("%s: parameter %d (%s) has shape %s, the network expects %s"
+                                % (source, i, label, tuple(np.shape(v)), expected))
+        lasagne.layers.set_all_param_values(self.top, [np.asarray(v, dtype=theano.config.floatX)
+                                                       for v in values])
+
+    @property
+    def optimizer_state(self):
+        """Adam's shared variables (step count, first and second moments)."""
+        self._compile("train_step")
+        return self._optimizer_state
+
+    # -- compiled functions -----------------------------------------------
+    def _compile(self, name):
+        if name in self._functions:
+            return self._functions[name]
+        codes, sentences = self.net["image_codes"], self.net["sentences"]
+        if name == "train_step":
+            loss = fast_masked_cross_entropy(self.net)
+            updates = lasagne.updates.adam(loss, self.trainable, self.learning_rate)
+            self._optimizer_state = [v for v in updates if v not in set(self.trainable)]
+            fn = theano.function([codes, sentences], loss, updates=updates,
+                                 allow_input_downcast=True, name="train_step")
+        elif name == "val_step":
+            loss = fast_masked_cross_entropy(self.net, deterministic=True)
+            fn = theano.function([codes, sentences], loss, allow_input_downcast=True,
+                                 name="val_step")
+        elif name == "probabilities":
+            probs = lasagne.layers.get_output(self.top, deterministic=True)
+            fn = theano.function([codes, sentences], probs, allow_input_downcast=True,
+                                 name="probabilities")
+        else:
+            raise KeyError(name)
+        self._functions[name] = fn
+        return fn
+
+    def train_step(self, image_codes, sentences):
+        return float(self._compile("train_step")(image_codes, sentences))
+
+    def val_step(self, image_codes, sentences):
+        return float(self._compile("val_step")(image_codes, sentences))
+
+    def probabilities(self, image_codes, sentences):
+        """Next-word probabilities (batch, time, n_tokens), dropout off."""
+        return self._compile("probabilities")(image_codes, sentences)
+
+    def describe(self):
+        n = sum(int(np.prod(p.get_value(borrow=True).shape)) for p in self.params)
+        return "%s, %d parameters" % (json.dumps(self.config.to_dict()), n)

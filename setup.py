@@ -1,0 +1,28 @@
+"""lasagne-caption: the Lasagne CNN -> LSTM image-captioning seminar on a modern machine."""
+from setuptools import find_packages, setup
+
+setup(
+    name="lasagne-caption",
+    version="0.1.0",
+    description="Theano/Lasagne-compatible toolkit for the CNN->LSTM image-captioning seminar",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    packages=find_packages(include=["lasagne_caption", "lasagne_caption.*"]),
+    python_requires=">=3.9,<3.12",
+    install_requires=[
+        # the legacy stack: these exact versions are known to import and train
+        "theano-pymc==1.1.2",
+        "lasagne==0.1",
+        "numpy==1.23.5",
+        "scipy==1.11.4",
+        "scikit-image",
+        "tqdm",
+        "pandas",
+        "matplotlib",
+    ],
+    extras_require={
+        "test": ["pytest", "nbclient", "nbformat", "ipykernel"],
+        # the PyTorch peer for the speed benchmark only; 2.13.0 is the CPU build
+        "bench": ["torch==2.13.0"],
+    },
+)

@@ -1,0 +1,101 @@
+"""The five places where PyPI Lasagne 0.1 and theano-pymc disagree, and the version guard."""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import theano
+import theano.tensor as T
+from lasagne.layers import DropoutLayer, InputLayer, MaxPool2DLayer, DenseLayer, get_output
+
+from lasagne_caption import compat
+from lasagne_caption.errors import run_cli
+
+
+def _python(code, **env):
+    environ = dict(os.environ, **env)
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env=environ, timeout=300)
+
+
+def test_1_blas_flags_filled_in_and_theano_imports():
+    # without the layer, theano-pymc dies probing numpy.distutils for BLAS
+    bare = _python("import theano", THEANO_FLAGS="")
+    assert bare.returncode != 0 and "blas_opt_info" in bare.stderr
+    fixed = _python("import lasagne_caption, theano; print(theano.config.blas__ldflags)",
+                    THEANO_FLAGS="")
+    assert fixed.returncode == 0, fixed.stderr
+    assert fixed.stdout.strip() == compat.blas_ldflags()
+
+
+def test_user_flags_are_kept():
+    out = _python("import lasagne_caption, theano; print(theano.config.floatX)",
+                  THEANO_FLAGS="floatX=float64")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "float64"
+
+
+def test_defaults_float32_and_persistent_compile_dir():
+    assert theano.config.floatX == "float32"
+    assert theano.config.compiledir.startswith(compat.cache_dir()) or \
+        "base_compiledir" in os.environ.get("THEANO_FLAGS", "")
+
+
+def test_2_dropout_uses_renamed_random_streams():
+    x = T.matrix()
+    out = get_output(DropoutLayer(InputLayer((None, 1000), x), p=0.5))
+    dropped = theano.function([x], out)(np.ones((4, 1000), "float32"))
+    assert 0.4 < (dropped == 0).mean() < 0.6
+    assert set(np.unique(dropped)) <= {0.0, 2.0}
+
+
+def test_3_max_pool_through_downsample_shim():
+    x = T.tensor4()
+    pooled = theano.function([x], get_output(MaxPool2DLayer(InputLayer((None, 1, 4, 4), x), 2)))
+    image = np.arange(16, dtype="float32").reshape(1, 1, 4, 4)
+    assert pooled(image)[0, 0].tolist() == [[5, 7], [13, 15]]
+
+
+def test_4_get_output_with_expression_for_a_layer():
+    l_in = InputLayer((None, 3))
+    l_dense = DenseLayer(l_in, 2)
+    x = T.matrix()
+    out = get_output(l_dense, {l_in: x * 2})   # uses theano.gof.Variable inside Lasagne
+    value = theano.function([x], out)(np.ones((1, 3), "float32"))
+    expected = np.maximum(2 * np.ones((1, 3)) @ l_dense.W.get_value() + l_dense.b.get_value(), 0)
+    np.testing.assert_allclose(value, expected, rtol=1e-5)
+
+
+def test_5_scan_compiles_without_the_cython_extension():
+    assert sys.modules["theano.scan.scan_perform_ext"] is None
+    x = T.vector()
+    total, _ = theano.scan(lambda v, acc: acc + v, sequences=x, outputs_info=T.constant(0.0))
+    cumsum = theano.function([x], total)
+    np.testing.assert_allclose(cumsum(np.arange(5, dtype="float32")), [0, 1, 3, 6, 10])
+
+
+@pytest.mark.parametrize("python,numpy_version,fragment", [
+    ((3, 12), "1.23.5", "CPython 3.9 to 3.11"),
+    ((3, 8), "1.23.5", "CPython 3.9 to 3.11"),
+    ((3, 11), "2.1.0", "numpy 1.23"),
+])
+def test_unsupported_versions_get_one_line(python, numpy_version, fragment):
+    with pytest.raises(compat.UnsupportedEnvironment) as info:
+        compat.check_versions(python, numpy_version)
+    assert fragment in str(info.value) and "\n" not in str(info.value)
+
+
+def test_supported_versions_pass():
+    compat.check_versions((3, 11), "1.23.5")
+
+
+def test_cli_prints_the_version_error_as_one_line(capsys):
+    def main(argv):
+        compat.check_versions((3, 12), "1.23.5")
+
+    with pytest.raises(SystemExit) as info:
+        run_cli(main)
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: lasagne-caption needs CPython") and err.count("\n") == 1
