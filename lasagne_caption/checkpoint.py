@@ -27,26 +27,8 @@ import tempfile
 
 import numpy as np
 
+from . import safe_pickle
 from .errors import UserError
-
-# (module, name) pairs an array pickle needs; numpy 2 writes numpy._core.*
-_SAFE_GLOBALS = {
-    ("numpy", "ndarray"), ("numpy", "dtype"),
-    ("numpy.core.multiarray", "_reconstruct"), ("numpy.core.multiarray", "scalar"),
-    ("numpy._core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "scalar"),
-    ("copy_reg", "_reconstructor"), ("copyreg", "_reconstructor"),
-    ("__builtin__", "object"), ("builtins", "object"),
-}
-
-
-class _ArrayUnpickler(pickle.Unpickler):
-    def find_class(self, module, name):
-        if (module, name) in _SAFE_GLOBALS:
-            module = module.replace("numpy._core", "numpy.core").replace("__builtin__", "builtins")
-            module = "copyreg" if module == "copy_reg" else module
-            return super(_ArrayUnpickler, self).find_class(module, name)
-        raise pickle.UnpicklingError("refusing to load %s.%s" % (module, name))
-
 
 def safe_load_arrays(path):
     """Read a pickled list of numpy arrays (seminar ``wrote_net.params``), refusing code.
@@ -59,11 +41,11 @@ def safe_load_arrays(path):
     except FileNotFoundError:
         raise UserError("%s: checkpoint not found" % path)
     try:
-        values = _ArrayUnpickler(io.BytesIO(data), encoding="latin1").load()
-    except pickle.UnpicklingError as exc:
+        values = safe_pickle.load(io.BytesIO(data), allow=safe_pickle.NUMPY_ARRAYS)
+    except safe_pickle.Refused as exc:
         raise UserError("%s: not a plain parameter pickle (%s); refusing to load it"
                         % (path, exc))
-    except (EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError) as exc:
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError) as exc:
         raise UserError("%s: truncated or corrupt parameter pickle (%s)"
                         % (path, type(exc).__name__))
     if isinstance(values, tuple):

@@ -36,6 +36,7 @@ import warnings
 import numpy as np
 from tqdm import tqdm
 
+from . import safe_pickle
 from .errors import UserError, run_cli
 from .vocab import END, START, Vocabulary, tokenize
 
@@ -57,28 +58,6 @@ def _warn(message):
 
 # ---------------------------------------------------------------- readers
 
-class _CaptionUnpickler(pickle.Unpickler):
-    """Unpickles lists, strings and ints only: a pickle can run any code
-    through the globals it names, so no global is looked up, except a
-    harmless stand-in for ``_codecs.encode`` that Python 3 uses to write
-    ``bytes`` at protocol 2."""
-
-    def find_class(self, module, name):
-        if (module, name) == ("_codecs", "encode"):
-            return _latin1_bytes
-        raise _Refused("%s.%s" % (module, name))
-
-
-class _Refused(pickle.UnpicklingError):
-    """A pickle that names a global: never legitimate in a caption file."""
-
-
-def _latin1_bytes(text, encoding):
-    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
-        raise _Refused("_codecs.encode(%r)" % encoding)
-    return text.encode("latin1")
-
-
 def read_caption_pickle(path):
     """Read ``caption_tokens.pcl``: one list of caption strings per image.
 
@@ -96,10 +75,10 @@ def read_caption_pickle(path):
     """
     try:
         with open(path, "rb") as f:
-            value = _CaptionUnpickler(f, encoding="latin1").load()
+            value = safe_pickle.load(f)
     except OSError as exc:
         raise UserError("%s: cannot read (%s)" % (path, exc.strerror))
-    except _Refused as exc:
+    except safe_pickle.Refused as exc:
         raise UserError("%s: refused to unpickle %s (only lists of strings are allowed)" % (path, exc))
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, IndexError, KeyError) as exc:
         raise UserError("%s: truncated or corrupt pickle (%s)" % (path, exc or type(exc).__name__))

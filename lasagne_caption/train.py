@@ -46,6 +46,9 @@ def seed_dropout(model, seed):
 
 def build_model(dataset, args, meta=None):
     """A new model from the options, or the one described by checkpoint metadata."""
+    import lasagne
+    # Lasagne draws initial weights from its global RNG: seed it for repeatable runs
+    lasagne.random.set_rng(np.random.RandomState(args.seed))
     if meta is not None:
         vocab = Vocabulary(meta["vocabulary"])
         config = NetworkConfig.from_dict(meta["network"])
