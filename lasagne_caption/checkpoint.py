@@ -23,12 +23,12 @@ import io
 import json
 import os
 import pickle
-import tempfile
 
 import numpy as np
 
 from . import safe_pickle
 from .errors import UserError
+from .files import atomic_write, file_digest
 
 def safe_load_arrays(path):
     """Read a pickled list of numpy arrays (seminar ``wrote_net.params``), refusing code.
@@ -56,42 +56,11 @@ def safe_load_arrays(path):
     return values
 
 
-def _atomic_write(path, write):
-    """Call ``write(file)`` on a temporary file, fsync it and rename it to ``path``."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp",
-                               dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    dir_fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
 def save_arrays(path, values):
     """Write ``values`` as the seminar does (pickle of a list of arrays), atomically."""
     payload = pickle.dumps([np.asarray(v) for v in values], protocol=2)
-    _atomic_write(path, lambda f: f.write(payload))
+    atomic_write(path, lambda f: f.write(payload))
     return hashlib.sha256(payload).hexdigest()
-
-
-def _sha256(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def metadata_path(path):
@@ -112,9 +81,9 @@ def save_checkpoint(path, param_values, metadata, optimizer_values=()):
     state["metadata"] = np.array(meta_text)
     old_states = set(glob.glob(glob.escape(path) + ".state-*.npz"))
     new_state = _state_path(path, digest)
-    _atomic_write(new_state, lambda f: np.savez(f, **state))
-    _atomic_write(path, lambda f: f.write(payload))
-    _atomic_write(metadata_path(path), lambda f: f.write(meta_text.encode("utf-8")))
+    atomic_write(new_state, lambda f: np.savez(f, **state))
+    atomic_write(path, lambda f: f.write(payload))
+    atomic_write(metadata_path(path), lambda f: f.write(meta_text.encode("utf-8")))
     for old in old_states - {new_state}:
         os.unlink(old)
 
@@ -129,7 +98,7 @@ def load_metadata(path):
             metadata = json.load(f)
     except (ValueError, UnicodeDecodeError) as exc:
         raise UserError("%s: metadata is not valid JSON (%s)" % (meta_file, exc))
-    digest = _sha256(path)
+    digest = file_digest(path)
     if metadata.get("params_sha256") != digest:
         # killed between replacing the parameters and their metadata:
         # the state file written before the parameters holds the right copy
@@ -152,6 +121,29 @@ def _load_state_file(path, digest):
 
 def load_optimizer_state(path):
     """Adam's arrays saved with the parameter file at ``path``, in order."""
-    state = _load_state_file(path, _sha256(path))
+    state = _load_state_file(path, file_digest(path))
     keys = sorted(k for k in state if k.startswith("optimizer_"))
     return [state[k] for k in keys]
+
+
+def load_model(path):
+    """Rebuild the network a checkpoint describes and load its parameters.
+
+    Returns ``(model, metadata)``. A bare seminar file (no metadata) cannot
+    say its vocabulary or sizes, so it gets a clear error.
+    """
+    from .model import CaptionModel, NetworkConfig
+    from .vocab import Vocabulary
+    path = str(path)
+    if not os.path.exists(path):
+        raise UserError("%s: checkpoint not found" % path)
+    metadata = load_metadata(path)
+    if metadata is None:
+        raise UserError("%s: no metadata file %s beside it, so the vocabulary and network "
+                        "sizes are unknown; train with 'python -m lasagne_caption.train "
+                        "--init-from %s' to make a complete checkpoint"
+                        % (path, metadata_path(path), path))
+    model = CaptionModel(NetworkConfig.from_dict(metadata["network"]),
+                         Vocabulary(metadata["vocabulary"]))
+    model.set_param_values(safe_load_arrays(path), path)
+    return model, metadata

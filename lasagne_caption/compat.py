@@ -23,7 +23,6 @@ Import this module before anything imports ``theano`` or ``lasagne``
 import configparser
 import ctypes.util
 import os
-import shlex
 import sys
 import types
 

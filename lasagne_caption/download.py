@@ -10,7 +10,6 @@ extracted ``Flickr8k.token.txt`` and split lists must match the md5s below,
 copied from the project's reference data (``shared/data/MD5SUMS``). The
 photos are not checked; a broken zip fails to open.
 """
-import hashlib
 import os
 import pathlib
 import urllib.error
@@ -21,6 +20,7 @@ from tqdm import tqdm
 
 from .data import _safe_member
 from .errors import UserError
+from .files import file_digest
 
 BASE_URL = "https://github.com/jbrownlee/Datasets/releases/download/Flickr8k/"
 TEXT_ZIP, PHOTO_ZIP = "Flickr8k_text.zip", "Flickr8k_Dataset.zip"
@@ -82,14 +82,6 @@ def download(url, dest, timeout=60):
     return dest
 
 
-def _md5(path):
-    digest = hashlib.md5()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _extract(archive, keep, target_dir, desc):
     """Stream the members whose base name passes ``keep`` into ``target_dir``.
 
@@ -148,7 +140,7 @@ def fetch_flickr8k(dest, base_url=BASE_URL):
         path = source / name
         if path not in texts:
             raise UserError("%s: no %s in the archive" % (zips[TEXT_ZIP], name))
-        actual = _md5(path)
+        actual = file_digest(path, "md5")
         if actual != expected:
             path.unlink()
             raise UserError("%s: md5 mismatch for %s (expected %s, got %s); delete the zip and run again"

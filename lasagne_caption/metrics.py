@@ -33,6 +33,7 @@ from pycocoevalcap.rouge.rouge import Rouge
 from pycocoevalcap.tokenizer import ptbtokenizer
 
 from .errors import UserError
+from .files import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -272,22 +273,6 @@ def score_captions(references, candidates, metrics=METRICS):
         return scorer.score(references, candidates)
 
 
-def _atomic_write(path, write):
-    """Call ``write(file)`` on a temporary file, then rename it onto `path`.
-
-    Readers never see half a file, and a failed write leaves the old one.
-    """
-    path = os.fspath(path)
-    tmp = "%s.%d.tmp" % (path, os.getpid())
-    try:
-        with open(tmp, "w", encoding="utf-8", newline="") as f:
-            write(f)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
 def write_results_json(path, candidates):
     """Write candidates in the COCO results format.
 
@@ -299,7 +284,7 @@ def write_results_json(path, candidates):
         ``[{"image_id": key, "caption": caption}, ...]``.
     """
     results = [{"image_id": k, "caption": c} for k, c in candidates.items()]
-    _atomic_write(path, lambda f: json.dump(results, f, indent=1))
+    atomic_write(path, lambda f: json.dump(results, f, indent=1), text=True)
 
 
 def write_scores(path_json, path_csv, scores, meta=None):
@@ -315,10 +300,10 @@ def write_scores(path_json, path_csv, scores, meta=None):
         ``"meta"`` in the JSON and to the first columns of the CSV's one row.
     """
     meta = dict(meta or {})
-    _atomic_write(path_json, lambda f: json.dump(
-        {"meta": meta, "scores": scores}, f, indent=1))
+    atomic_write(path_json, lambda f: json.dump(
+        {"meta": meta, "scores": scores}, f, indent=1), text=True)
     row = pd.DataFrame([{**meta, **scores}])
-    _atomic_write(path_csv, lambda f: row.to_csv(f, index=False))
+    atomic_write(path_csv, lambda f: row.to_csv(f, index=False), text=True)
 
 
 def format_table(scores, others=None, name="this model"):

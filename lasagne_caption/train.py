@@ -20,6 +20,7 @@ import numpy as np
 from . import checkpoint as ckpt
 from .data import generate_batch, iterate_captions, load_dataset
 from .errors import UserError, run_cli
+from .files import atomic_write
 from .model import CaptionModel, NetworkConfig, read_glove
 from .vocab import Vocabulary
 
@@ -113,7 +114,7 @@ def read_log(path, upto_epoch):
 
 def write_log(path, png, log):
     """Write the CSV log and its loss plot, each atomically."""
-    ckpt._atomic_write(path, lambda f: f.write(log.to_csv(index=False).encode("utf-8")))
+    atomic_write(path, lambda f: f.write(log.to_csv(index=False)), text=True)
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -125,7 +126,7 @@ def write_log(path, png, log):
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    ckpt._atomic_write(png, lambda f: fig.savefig(f, format="png", dpi=100))
+    atomic_write(png, lambda f: fig.savefig(f, format="png", dpi=100))
     plt.close(fig)
 
 

@@ -9,11 +9,11 @@ process (a plain ``dict``/``set`` order would depend on PYTHONHASHSEED).
 import collections
 import os
 import re
-import tempfile
 
 import numpy as np
 
 from .errors import UserError
+from .files import atomic_write
 
 UNK, START, END = "#UNK#", "#START#", "#END#"
 SPECIALS = (UNK, START, END)
@@ -147,16 +147,7 @@ class Vocabulary:
         lines = ["%s\t%d\n" % (w, self.counts.get(w, 0)) for w in self.words]
         if any(w != w.strip() or "\t" in w or not w for w in self.words):
             raise ValueError("words with whitespace cannot be saved")
-        # write beside the target and rename, so a crash never leaves half a file
-        fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".tmp-",
-                                   dir=os.path.dirname(os.path.abspath(path)))
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-                f.writelines(lines)
-            os.replace(tmp, path)
-        except BaseException:
-            os.unlink(tmp)
-            raise
+        atomic_write(path, lambda f: f.writelines(lines), text=True)
 
     @classmethod
     def load(cls, path):

@@ -5,7 +5,6 @@ of an LSTM's (batch, time, units) output, :class:`BroadcastLayer` folds
 (batch, time) into one axis and :class:`UnbroadcastLayer` restores it.
 """
 import numpy as np
-import theano.tensor as T
 from lasagne.layers import Layer, MergeLayer
 
 

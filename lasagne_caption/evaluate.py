@@ -1,0 +1,108 @@
+"""Score a checkpoint with the MS-COCO caption metrics on a dataset split.
+
+``python -m lasagne_caption.evaluate --checkpoint wrote_net.params --split test --beam 3``
+captions every image of the split, scores the captions against all of each
+image's reference captions (BLEU-1..4, METEOR, ROUGE-L, CIDEr-D from
+pycocoevalcap), prints a table beside published results, and writes the
+captions (COCO results JSON) and the scores (JSON and CSV).
+"""
+import argparse
+import os
+import time
+
+from . import metrics
+from .checkpoint import load_model
+from .data import load_dataset
+from .errors import UserError, run_cli
+from .vocab import END, START
+
+
+def references_of(dataset, split):
+    """``{image name: [reference caption, ...]}`` of one split, as plain text."""
+    ix = dataset.splits.get(split)
+    if ix is None:
+        dataset.split(split)   # raises the one-line unknown-split error
+    return {dataset.image_names[i]: [" ".join(w for w in c if w not in (START, END))
+                                     for c in dataset.captions[i]] for i in ix}
+
+
+def caption_split(model, dataset, split, beam=3, max_len=20, length_normalization=0.0):
+    """Generated captions ``{image name: caption}`` for every image of ``split``."""
+    from .generate import CaptionGenerator
+    ix = dataset.splits[split]
+    generator = CaptionGenerator(model)
+    codes = dataset.codes[ix]
+    if beam > 1:
+        captions, _ = generator.beam_search(codes, beam=beam, max_len=max_len,
+                                            length_normalization=length_normalization)
+    else:
+        captions, _ = generator.greedy(codes, max_len=max_len)
+    return {dataset.image_names[i]: c for i, c in zip(ix, captions)}
+
+
+def evaluate(checkpoint, data=None, split="test", beam=3, max_len=20,
+             length_normalization=0.0, out=None):
+    """Caption and score a split; returns ``(scores, candidates, paths written)``."""
+    model, meta = load_model(checkpoint)
+    data = data or meta.get("data", {}).get("path")
+    if not data:
+        raise UserError("%s: the metadata names no dataset; pass --data" % checkpoint)
+    dataset = load_dataset(data)
+    if dataset.code_size != model.config.code_size:
+        raise UserError("%s: %d-d codes, but %s was trained on %d-d codes"
+                        % (data, dataset.code_size, checkpoint, model.config.code_size))
+    references = references_of(dataset, split)
+    started = time.time()
+    candidates = caption_split(model, dataset, split, beam, max_len, length_normalization)
+    seconds = time.time() - started
+    scores = metrics.score_captions(references, candidates)
+    out = out or os.path.dirname(os.path.abspath(checkpoint))
+    stem = os.path.join(out, "%s.%s.beam%d" % (os.path.basename(checkpoint), split, beam))
+    metrics.write_results_json(stem + ".captions.json", candidates)
+    meta_row = {"checkpoint": checkpoint, "data": str(dataset.path), "split": split,
+                "images": len(candidates), "beam": beam, "max_len": max_len,
+                "length_normalization": length_normalization, "epoch": meta.get("epoch"),
+                "caption_seconds": round(seconds, 1)}
+    metrics.write_scores(stem + ".scores.json", stem + ".scores.csv", scores, meta_row)
+    return scores, candidates, [stem + ".captions.json", stem + ".scores.json",
+                                stem + ".scores.csv"]
+
+
+def build_parser():
+    p = argparse.ArgumentParser(
+        prog="python -m lasagne_caption.evaluate",
+        description="Caption every image of a split and score the captions with BLEU-1..4, "
+                    "METEOR, ROUGE-L and CIDEr-D (pycocoevalcap; METEOR needs Java).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--checkpoint", default="wrote_net.params")
+    p.add_argument("--data", help="dataset folder (default: the one the checkpoint was trained on)")
+    p.add_argument("--split", default="test", help="split to caption: train, val or test")
+    p.add_argument("--beam", type=int, default=3, help="beam width (1: greedy)")
+    p.add_argument("--max-len", type=int, default=20, help="longest caption, in tokens")
+    p.add_argument("--length-normalization", type=float, default=0.0,
+                   help="rank beam hypotheses by log-prob / length**ALPHA")
+    p.add_argument("--out", help="folder for the captions and scores (default: beside the checkpoint)")
+    p.add_argument("--compare", choices=["flickr8k", "none"], default=None,
+                   help="published results to print beside yours (default: flickr8k for a "
+                        "Flickr8k dataset)")
+    return p
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    if args.beam < 1:
+        raise UserError("--beam must be at least 1")
+    scores, candidates, written = evaluate(args.checkpoint, args.data, args.split, args.beam,
+                                           args.max_len, args.length_normalization, args.out)
+    data_path = args.data or ""
+    compare = args.compare or ("flickr8k" if "flickr8k" in (data_path + args.checkpoint).lower()
+                               or "flickr" in str(written[0]).lower() else "none")
+    others = metrics.PUBLISHED_FLICKR8K if compare == "flickr8k" else None
+    print("%d %s images, beam %d" % (len(candidates), args.split, args.beam))
+    print(metrics.format_table(scores, others=others))
+    print("wrote " + ", ".join(written))
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)
