@@ -11,7 +11,7 @@ EPOCHS ?= 100
 $(VENV)/.installed: setup.py
 	@scripts/install-blas.sh
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade "pip<25" setuptools wheel
+	$(PY) -m pip install --quiet "setuptools<81" wheel
 	$(PY) -m pip install --quiet -e ".[test]"
 	$(PY) -c "import lasagne_caption, theano, lasagne; print('lasagne-caption ready: theano', theano.__version__, 'BLAS:', theano.config.blas__ldflags or 'none')"
 	touch $@

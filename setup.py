@@ -19,6 +19,13 @@ setup(
         "tqdm",
         "pandas",
         "matplotlib",
+        # Lasagne 0.1 imports pkg_resources, which setuptools 81 removed
+        "setuptools<81",
+        # MobileNetV2 weights are read from a .tflite flatbuffer
+        "tflite==2.18.0",
+        "flatbuffers",
+        # the MS-COCO caption metrics (BLEU, METEOR, ROUGE-L, CIDEr-D)
+        "pycocoevalcap==1.2",
     ],
     extras_require={
         "test": ["pytest", "nbclient", "nbformat", "ipykernel"],

@@ -1,0 +1,322 @@
+"""MobileNetV2 1.0/224 in Lasagne, with the weights of an int8 TFLite model.
+
+:func:`build_model` makes the network (a dict of Lasagne layers named after
+the TensorFlow scopes: ``Conv``, ``expanded_conv_3/expand``, ...,
+``Logits/AvgPool``, ``Logits/Conv2d_1c_1x1``); :func:`load_weights` reads
+``mobilenet_v2_1.0_224_quant.tflite``, dequantises its uint8/int8 weights
+and int32 biases to float32 and sets them; :class:`MobileNetV2Encoder`
+compiles one Theano forward function per process and maps batches of uint8
+RGB images to the two codes of the shared Flickr8k files:
+
+* ``logits`` -- 1001 pre-softmax ImageNet logits (``MobilenetV2/Logits/Squeeze1``,
+  class 0 = background);
+* ``pool``   -- 1280 global-average-pooled features (``MobilenetV2/Logits/AvgPool``).
+
+Input: uint8 RGB, 224x224. The model's input quantisation
+(``real = 0.0078125 * (q - 128)``) is read from the file and applied by the
+first layer.
+
+``fake_quant=True`` (the default) rounds each layer's output to the uint8
+grid of that tensor in the file (its scale / zero point), as the int8 runtime
+does, so the codes match the reference runtime's closely; ``fake_quant=False``
+runs plain float math with the dequantised weights (ReLU6 clamps only).
+"""
+import os
+import threading
+
+import numpy as np
+
+from ..errors import UserError
+from .tflite import load_tflite, dequantize
+
+__all__ = ["build_model", "load_weights", "MobileNetV2Encoder", "BLOCKS",
+           "MODEL_FILENAME", "MODEL_URL", "INPUT_SIZE", "CODE_NAMES"]
+
+MODEL_FILENAME = "mobilenet_v2_1.0_224_quant.tflite"
+MODEL_URL = ("https://github.com/google-coral/test_data/raw/master/"
+             "mobilenet_v2_1.0_224_quant.tflite")
+INPUT_SIZE = 224
+CODE_NAMES = ("logits", "pool")
+NUM_CLASSES = 1001
+
+# (expansion t, output channels c, repeats n, first stride s) of MobileNetV2.
+BLOCKS = [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2),
+          (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1)]
+
+
+def _block_names():
+    """[(scope, expansion, in_ch, out_ch, stride, residual)] for the 17 blocks."""
+    out, in_ch, idx = [], 32, 0
+    for t, c, n, s in BLOCKS:
+        for r in range(n):
+            stride = s if r == 0 else 1
+            scope = "expanded_conv" if idx == 0 else "expanded_conv_%d" % idx
+            out.append((scope, t, in_ch, c, stride, stride == 1 and in_ch == c))
+            in_ch = c
+            idx += 1
+    return out
+
+
+def build_model(fake_quant=None, depthwise_impl="groups", input_var=None):
+    """The MobileNetV2 1.0/224 graph as a dict of Lasagne layers.
+
+    ``fake_quant``: None (float math with ReLU6) or a dict ``scope -> (scale,
+    zero_point)`` of output quantisation (from :func:`quant_params`); then a
+    :class:`FakeQuantLayer` named ``scope + "/quant"`` follows each layer.
+    The input layer takes float32 ``(N, 3, 224, 224)`` holding uint8 values
+    0..255; ``net["input_norm"]`` maps them to the model's real input range
+    (set by :func:`load_weights` from the file; default ``(q - 128) / 128``).
+    Outputs: ``net["logits"]`` (N, 1001) and ``net["pool"]`` (N, 1280).
+    """
+    import lasagne
+    from lasagne.layers import (InputLayer, Conv2DLayer, ElemwiseSumLayer,
+                                GlobalPoolLayer, DenseLayer)
+    from .layers import (ScaleShiftLayer, TFSamePadLayer, DepthwiseConv2DLayer,
+                         FakeQuantLayer, conv2d_noflip, relu6)
+    identity = lasagne.nonlinearities.identity
+    net = {}
+
+    def quant(layer, scope):
+        net[scope] = layer
+        if fake_quant is None:
+            return layer
+        if scope not in fake_quant:
+            raise KeyError("no output quantisation for %s" % scope)
+        s, z = fake_quant[scope]
+        net[scope + "/quant"] = FakeQuantLayer(layer, s, z, name=scope + "/quant")
+        return net[scope + "/quant"]
+
+    def conv1x1(layer, scope, channels, act):
+        return quant(Conv2DLayer(layer, channels, 1, pad=0, nonlinearity=act,
+                                 convolution=conv2d_noflip, name=scope), scope)
+
+    net["input"] = InputLayer((None, 3, INPUT_SIZE, INPUT_SIZE), input_var=input_var,
+                              name="input")
+    net["input_norm"] = ScaleShiftLayer(net["input"], 1.0 / 128, 128.0, name="input_norm")
+    x = TFSamePadLayer(net["input_norm"], 3, 2, name="Conv/pad")
+    x = quant(Conv2DLayer(x, 32, 3, stride=2, pad=0, nonlinearity=relu6,
+                          convolution=conv2d_noflip, name="Conv"), "Conv")
+    for scope, t, in_ch, out_ch, stride, residual in _block_names():
+        inp = x
+        if t != 1:
+            x = conv1x1(x, scope + "/expand", in_ch * t, relu6)
+        x = quant(DepthwiseConv2DLayer(x, 3, stride, nonlinearity=relu6,
+                                       impl=depthwise_impl, name=scope + "/depthwise"),
+                  scope + "/depthwise")
+        x = conv1x1(x, scope + "/project", out_ch, identity)
+        if residual:
+            x = quant(ElemwiseSumLayer([x, inp], name=scope + "/add"), scope + "/add")
+    x = conv1x1(x, "Conv_1", 1280, relu6)
+    x = quant(GlobalPoolLayer(x, name="Logits/AvgPool"), "Logits/AvgPool")
+    net["pool"] = x
+    x = quant(DenseLayer(x, NUM_CLASSES, nonlinearity=identity,
+                         name="Logits/Conv2d_1c_1x1"), "Logits/Conv2d_1c_1x1")
+    net["logits"] = x
+    return net
+
+
+_PREFIX = "MobilenetV2/"
+
+
+def _scope_of(tensor):
+    """'MobilenetV2/expanded_conv_3/expand/Conv2D_Fold;...' -> 'expanded_conv_3/expand'."""
+    name = tensor.scope
+    if name.startswith(_PREFIX):
+        name = name[len(_PREFIX):]
+    return name
+
+
+def _weight_scope(tensor):
+    return _scope_of(tensor).rsplit("/", 1)[0]
+
+
+def read_tflite_weights(path):
+    """Weights and quantisation of a MobileNetV2 .tflite file.
+
+    Returns ``(params, out_quant, input_quant)``: ``params`` maps a scope to
+    ``(W, b)`` float32 in Lasagne layout, ``out_quant`` maps a scope to the
+    ``(scale, zero_point)`` of its output tensor, ``input_quant`` is the
+    input tensor's ``(scale, zero_point)``.
+    """
+    model = load_tflite(path)
+    params, out_quant = {}, {}
+    for op in model.operators:
+        out = model.tensors[op.outputs[0]]
+        if op.op in ("CONV_2D", "DEPTHWISE_CONV_2D"):
+            wt, bt = model.tensors[op.inputs[1]], model.tensors[op.inputs[2]]
+            scope = _weight_scope(wt)
+            if wt.data is None or bt.data is None:
+                raise UserError("%s: operator %d (%s) has no constant weights"
+                                % (path, op.index, scope))
+            w, b = dequantize(wt), dequantize(bt)
+            if op.op == "CONV_2D":
+                if scope == "Logits/Conv2d_1c_1x1":       # (1001, 1, 1, 1280) -> dense
+                    w = w.reshape(w.shape[0], -1).T
+                else:                                      # OHWI -> OIHW
+                    w = w.transpose(0, 3, 1, 2)
+            else:                                          # 1HWC -> C1HW
+                w = w.transpose(3, 0, 1, 2)
+            params[scope] = (np.ascontiguousarray(w), b)
+            key = scope
+        elif op.op == "ADD":
+            key = _scope_of(out)
+        elif op.op == "AVERAGE_POOL_2D":
+            key = _scope_of(out)
+        else:
+            continue
+        if out.is_quantized:
+            out_quant[key] = (float(out.scale[0]), int(out.zero_point[0]))
+    inp = model.tensors[model.inputs[0]]
+    if inp.shape[1:] != (INPUT_SIZE, INPUT_SIZE, 3):
+        raise UserError("%s: input is %s, expected (1, 224, 224, 3): not a MobileNetV2 "
+                        "1.0/224 model" % (path, inp.shape))
+    input_quant = ((float(inp.scale[0]), int(inp.zero_point[0])) if inp.is_quantized
+                   else (1.0 / 127.5, 127.5))
+    return params, out_quant, input_quant
+
+
+def load_weights(net, params, input_quant, path="model"):
+    """Set the Lasagne parameters of ``net`` from :func:`read_tflite_weights`."""
+    from .layers import ScaleShiftLayer
+    seen = set()
+    for name, layer in net.items():
+        if name != layer.name or name.endswith("/quant") or not hasattr(layer, "W"):
+            continue
+        if name not in params:
+            raise UserError("%s is not a MobileNetV2 1.0/224 model: no weights for %s"
+                            % (path, name))
+        w, b = params[name]
+        if layer.W.get_value().shape != w.shape or layer.b.get_value().shape != b.shape:
+            raise UserError("%s is not a MobileNetV2 1.0/224 model: %s has weights %s, "
+                            "expected %s" % (path, name, w.shape, layer.W.get_value().shape))
+        layer.W.set_value(w.astype(np.float32))
+        layer.b.set_value(b.astype(np.float32))
+        seen.add(name)
+    extra = sorted(set(params) - seen)
+    if extra:
+        raise UserError("%s is not a MobileNetV2 1.0/224 model: unexpected layers %s"
+                        % (path, ", ".join(extra[:3])))
+    norm = net["input_norm"]
+    assert isinstance(norm, ScaleShiftLayer)
+    norm.scale, norm.shift = input_quant
+
+
+_CACHE = {}
+_CACHE_LOCK = threading.Lock()
+
+
+def _compiled(path, fake_quant, depthwise_impl):
+    """(forward function, labels-free info), compiled once per process and key."""
+    path = os.path.abspath(os.fspath(path))
+    try:
+        stamp = os.stat(path).st_mtime_ns
+    except OSError:
+        stamp = None
+    key = (path, stamp, bool(fake_quant), depthwise_impl)
+    with _CACHE_LOCK:
+        if key in _CACHE:
+            return _CACHE[key]
+        import theano
+        import theano.tensor as T
+        import lasagne
+        params, out_quant, input_quant = read_tflite_weights(path)
+        net = build_model(fake_quant=out_quant if fake_quant else None,
+                          depthwise_impl=depthwise_impl)
+        load_weights(net, params, input_quant, path)
+        logits, pool = lasagne.layers.get_output([net["logits"], net["pool"]],
+                                                 deterministic=True)
+        fn = theano.function([net["input"].input_var], [logits, pool],
+                             name="mobilenet_v2_forward")
+        _CACHE[key] = (fn, net)
+        return _CACHE[key]
+
+
+class MobileNetV2Encoder(object):
+    """Encode photos with MobileNetV2 (weights from the int8 TFLite file).
+
+    ``encode(images_or_paths, batch_size=32, progress=True)`` returns
+    ``{"logits": float32 (N, 1001), "pool": float32 (N, 1280)}``; inputs are
+    file paths (loaded with :func:`~lasagne_caption.encoders.preprocess.load_image`)
+    or uint8 RGB arrays ``(N, 224, 224, 3)`` / a list of ``(224, 224, 3)``.
+    """
+
+    name = "mobilenet_v2"
+    code_names = CODE_NAMES
+    code_dims = {"logits": NUM_CLASSES, "pool": 1280}
+    input_size = (INPUT_SIZE, INPUT_SIZE)
+
+    def __init__(self, model_path, fake_quant=True, depthwise_impl="groups"):
+        self.model_path = os.fspath(model_path)
+        self.fake_quant = bool(fake_quant)
+        self.depthwise_impl = depthwise_impl
+        # Parse and validate now (clear error early); compile lazily.
+        if not os.path.isfile(self.model_path):
+            from . import missing_model_message
+            raise UserError(missing_model_message(self.model_path, self.name))
+        self._fn = None
+
+    def _forward(self):
+        if self._fn is None:
+            self._fn, self.net = _compiled(self.model_path, self.fake_quant,
+                                           self.depthwise_impl)
+        return self._fn
+
+    def compile(self):
+        """Build and compile the Theano forward function now (cached per process)."""
+        self._forward()
+        return self
+
+    def forward(self, batch):
+        """Codes of one batch of uint8 RGB images ``(N, 224, 224, 3)``."""
+        batch = np.asarray(batch)
+        if batch.ndim != 4 or batch.shape[1:] != (INPUT_SIZE, INPUT_SIZE, 3):
+            raise ValueError("expected uint8 images (N, 224, 224, 3), got %s"
+                             % (batch.shape,))
+        x = np.ascontiguousarray(batch.transpose(0, 3, 1, 2), dtype=np.float32)
+        logits, pool = self._forward()(x)
+        return {"logits": np.asarray(logits, np.float32),
+                "pool": np.asarray(pool, np.float32)}
+
+    def encode(self, images_or_paths, batch_size=32, progress=True):
+        """Codes for images (uint8 arrays) or paths; see the class docstring.
+
+        Paths that are not readable images raise :class:`UserError`; use
+        :func:`lasagne_caption.encoders.encode_folder` to skip them instead.
+        """
+        from .preprocess import load_image
+        items = images_or_paths
+        if isinstance(items, np.ndarray) and items.ndim == 3:
+            items = items[None]
+        n = len(items)
+        out = {k: np.zeros((n, d), np.float32) for k, d in self.code_dims.items()}
+        bar = _progress(n, progress, "encoding")
+        try:
+            for start in range(0, n, batch_size):
+                chunk = items[start:start + batch_size]
+                imgs = [load_image(it, size=self.input_size) if _is_path(it)
+                        else np.asarray(it, np.uint8) for it in chunk]
+                codes = self.forward(np.stack(imgs))
+                for k in out:
+                    out[k][start:start + len(chunk)] = codes[k]
+                bar.update(len(chunk))
+        finally:
+            bar.close()
+        return out
+
+
+def _is_path(item):
+    return isinstance(item, (str, bytes, os.PathLike))
+
+
+def _progress(total, enabled, desc):
+    from tqdm import tqdm
+    return tqdm(total=total, disable=not enabled, desc=desc, unit="img")
+
+
+def read_labels(path):
+    """Class names, one a line (``background`` first for this model)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return [line.strip() for line in f if line.strip()]
+    except OSError as exc:
+        raise UserError("cannot read labels file %s: %s" % (path, exc.strerror or exc))

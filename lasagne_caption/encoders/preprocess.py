@@ -1,0 +1,168 @@
+"""Load any photo a user has as a uint8 RGB array of the encoder's input size.
+
+* formats: whatever Pillow reads (JPEG, PNG, BMP, GIF, TIFF, WebP, ...);
+* modes: grayscale (L, I;16, I, F), palette, CMYK, RGBA/LA (composited over
+  white) are all turned into 3-channel RGB;
+* EXIF orientation: the tag (0x0112) is read and the pixels rotated/flipped
+  so the photo stands as the camera showed it;
+* size: resized to ``size`` (224x224 by default) with scikit-image's
+  anti-aliased resize. By default the aspect ratio is *not* kept (the photo is
+  stretched), which is how the shared Flickr8k photos were made, so codes
+  computed here and the shared codes are interchangeable;
+  ``keep_aspect=True`` scales the shorter side and crops the centre instead.
+
+A file that is not an image raises :class:`UserError` naming it;
+:func:`load_images` skips such files with a warning and goes on.
+"""
+import os
+import warnings
+
+import numpy as np
+
+from ..errors import UserError
+
+__all__ = ["load_image", "load_images", "to_rgb_uint8", "resize_image",
+           "IMAGE_EXTENSIONS", "list_images"]
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff",
+                    ".webp", ".ppm", ".pgm", ".pbm")
+
+_EXIF_ORIENTATION = 0x0112
+
+
+def _open_pil(path):
+    from PIL import Image, UnidentifiedImageError
+    if not os.path.exists(path):
+        raise UserError("image file %s does not exist" % path)
+    if os.path.isdir(path):
+        raise UserError("image file %s is a folder" % path)
+    try:
+        img = Image.open(path)
+        img.load()
+    except UnidentifiedImageError:
+        raise UserError("%s is not an image (format not recognised)" % path)
+    except (OSError, SyntaxError, ValueError) as exc:
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise UserError("%s is not a readable image (%s)" % (path, msg))
+    except Image.DecompressionBombError as exc:
+        raise UserError("%s is too large to load (%s)" % (path, exc))
+    return img
+
+
+def exif_orientation(img):
+    """The EXIF orientation tag (1..8) of a Pillow image, 1 if absent/invalid."""
+    try:
+        value = int(img.getexif().get(_EXIF_ORIENTATION, 1))
+    except Exception:
+        return 1
+    return value if 1 <= value <= 8 else 1
+
+
+def apply_orientation(img, orientation):
+    """Rotate/flip a Pillow image so that EXIF ``orientation`` becomes 1."""
+    from PIL import Image
+    T = getattr(Image, "Transpose", Image)
+    ops = {2: [T.FLIP_LEFT_RIGHT], 3: [T.ROTATE_180], 4: [T.FLIP_TOP_BOTTOM],
+           5: [T.TRANSPOSE], 6: [T.ROTATE_270], 7: [T.TRANSVERSE], 8: [T.ROTATE_90]}
+    for op in ops.get(orientation, []):
+        img = img.transpose(op)
+    return img
+
+
+def to_rgb_uint8(img):
+    """A Pillow image of any mode -> uint8 (H, W, 3) RGB; alpha over white."""
+    from PIL import Image
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        lo, hi = float(arr.min()), float(arr.max())
+        arr = np.zeros_like(arr) if hi <= lo else (arr - lo) / (hi - lo) * 255.0
+        arr = np.clip(np.round(arr), 0, 255).astype(np.uint8)
+        return np.repeat(arr[:, :, None], 3, axis=2)
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(background, rgba)
+    if img.mode != "RGB":
+        img = img.convert("RGB")
+    return np.asarray(img, dtype=np.uint8).copy()
+
+
+def resize_image(rgb, size=(224, 224), keep_aspect=False):
+    """uint8 (H, W, 3) -> uint8 (size[0], size[1], 3) with scikit-image.
+
+    ``keep_aspect=False`` stretches to ``size``; ``True`` scales the shorter
+    side to fit and crops the centre. An image already of ``size`` is
+    returned unchanged (so the shared 224x224 photos are not resampled).
+    """
+    from skimage.transform import resize
+    th, tw = int(size[0]), int(size[1])
+    h, w = rgb.shape[:2]
+    if keep_aspect and (h, w) != (th, tw):
+        scale = max(th / float(h), tw / float(w))
+        nh, nw = max(th, int(round(h * scale))), max(tw, int(round(w * scale)))
+        rgb = resize_image(rgb, (nh, nw))
+        top, left = (nh - th) // 2, (nw - tw) // 2
+        return np.ascontiguousarray(rgb[top:top + th, left:left + tw])
+    if (h, w) == (th, tw):
+        return rgb
+    out = resize(rgb, (th, tw), order=1, mode="edge", anti_aliasing=(h > th or w > tw),
+                 preserve_range=True)
+    return np.clip(np.round(out), 0, 255).astype(np.uint8)
+
+
+def load_image(path, size=(224, 224), keep_aspect=False):
+    """Read ``path`` as uint8 RGB (size[0], size[1], 3); ``size=None`` keeps it.
+
+    Raises :class:`UserError` (one line, naming the file) for a missing file
+    or a file that is not an image.
+    """
+    path = os.fspath(path)
+    img = _open_pil(path)
+    try:
+        img = apply_orientation(img, exif_orientation(img))
+        rgb = to_rgb_uint8(img)
+    except UserError:
+        raise
+    except Exception as exc:
+        raise UserError("%s is not a readable image (%s)" % (path, exc))
+    if rgb.ndim != 3 or rgb.shape[0] < 1 or rgb.shape[1] < 1:
+        raise UserError("%s is an empty image" % path)
+    if size is None:
+        return rgb
+    return resize_image(rgb, size, keep_aspect)
+
+
+def load_images(paths, size=(224, 224), keep_aspect=False, warn=True):
+    """Load many images, skipping unreadable ones with a warning.
+
+    Returns ``(images uint8 (N, H, W, 3), loaded_paths, failed)`` where
+    ``failed`` is a list of ``(path, message)``.
+    """
+    images, ok, failed = [], [], []
+    for p in paths:
+        try:
+            images.append(load_image(p, size, keep_aspect))
+            ok.append(p)
+        except UserError as exc:
+            failed.append((p, str(exc)))
+            if warn:
+                warnings.warn("skipping %s" % exc, stacklevel=2)
+    if images:
+        arr = np.stack(images)
+    else:
+        h, w = size if size is not None else (0, 0)
+        arr = np.zeros((0, h, w, 3), np.uint8)
+    return arr, ok, failed
+
+
+def list_images(folder, extensions=IMAGE_EXTENSIONS):
+    """Sorted paths of files in ``folder`` whose extension looks like an image."""
+    folder = os.fspath(folder)
+    if not os.path.isdir(folder):
+        raise UserError("image folder %s does not exist" % folder)
+    names = sorted(n for n in os.listdir(folder)
+                   if n.lower().endswith(tuple(extensions))
+                   and os.path.isfile(os.path.join(folder, n)))
+    return [os.path.join(folder, n) for n in names]
