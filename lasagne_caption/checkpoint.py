@@ -126,24 +126,61 @@ def load_optimizer_state(path):
     return [state[k] for k in keys]
 
 
-def load_model(path):
+def seminar_config(values, vocab, path):
+    """The seminar network's options read off a bare ``wrote_net.params``.
+
+    Only the seminar's layout (image as the LSTM's cell state) is recognised:
+    parameter 0 is the embedding (n_tokens, embed), parameter 1 the image
+    projection (code_size, units).
+    """
+    from .model import NetworkConfig
+    if len(values) < 2 or values[0].ndim != 2 or values[1].ndim != 2:
+        raise UserError("%s: not the seminar's parameter layout; train with this toolkit "
+                        "to get a checkpoint with metadata" % path)
+    if values[0].shape[0] != len(vocab):
+        raise UserError("%s: the embedding has %d rows but the vocabulary %d words"
+                        % (path, values[0].shape[0], len(vocab)))
+    return NetworkConfig(n_tokens=len(vocab), code_size=values[1].shape[0],
+                         embed_size=values[0].shape[1], units=values[1].shape[1])
+
+
+def load_model(path, vocab=None):
     """Rebuild the network a checkpoint describes and load its parameters.
 
-    Returns ``(model, metadata)``. A bare seminar file (no metadata) cannot
-    say its vocabulary or sizes, so it gets a clear error.
+    Parameters
+    ----------
+    path : str
+        The parameter file; its metadata (``PATH.json``) names the network
+        options and the vocabulary.
+    vocab : str, optional
+        A vocabulary file (``Vocabulary.save`` format) for a bare seminar
+        parameter file, which has no metadata.
+
+    Returns
+    -------
+    model : CaptionModel
+    metadata : dict ({} for a bare seminar file)
     """
     from .model import CaptionModel, NetworkConfig
     from .vocab import Vocabulary
-    path = str(path)
-    if not os.path.exists(path):
-        raise UserError("%s: checkpoint not found" % path)
+    path = os.fspath(path)
+    values = safe_load_arrays(path)
     metadata = load_metadata(path)
-    if metadata is None:
-        raise UserError("%s: no metadata file %s beside it, so the vocabulary and network "
-                        "sizes are unknown; train with 'python -m lasagne_caption.train "
-                        "--init-from %s' to make a complete checkpoint"
-                        % (path, metadata_path(path), path))
-    model = CaptionModel(NetworkConfig.from_dict(metadata["network"]),
-                         Vocabulary(metadata["vocabulary"]))
-    model.set_param_values(safe_load_arrays(path), path)
+    if metadata is not None:
+        try:
+            vocabulary = Vocabulary(metadata["vocabulary"])
+            config = NetworkConfig.from_dict(metadata["network"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise UserError("%s: metadata lacks a valid network or vocabulary (%s)"
+                            % (metadata_path(path), exc))
+    elif vocab is not None:
+        vocabulary = Vocabulary.load(vocab)
+        config = seminar_config(values, vocabulary, path)
+        metadata = {}
+    else:
+        raise UserError("%s has no metadata (%s): a bare seminar parameter file needs its "
+                        "vocabulary, pass --vocab FILE (vocab=FILE in Python)"
+                        % (path, metadata_path(path)))
+    model = CaptionModel(config, vocabulary)
+    model.set_param_values(values, path)
     return model, metadata

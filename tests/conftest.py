@@ -70,3 +70,14 @@ def tiny_model(tiny_dataset):
     vocab = ds.vocabulary(min_count=1)
     config = NetworkConfig(n_tokens=len(vocab), code_size=ds.code_size, embed_size=8, units=16)
     return CaptionModel(config, vocab, learning_rate=0.01)
+
+
+@pytest.fixture(scope="session")
+def demo_checkpoint(tmp_path_factory, shared_dir):
+    """A tiny model trained briefly on Flickr8k MobileNetV2 logits (notebooks/make_demo_model.py)."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("make_demo_model",
+                                                  ROOT / "notebooks" / "make_demo_model.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.build_demo_model(tmp_path_factory.getbasetemp() / "demo", shared_dir)

@@ -16,12 +16,11 @@ Input: BGR, mean-subtracted (``'mean value'`` of the pickle, Caffe's
 :func:`load_pickle` reads the pickle with a restricted unpickler that builds
 only numpy arrays and plain containers; anything else is refused.
 """
-import io
 import os
-import pickle
 
 import numpy as np
 
+from .. import safe_pickle
 from ..errors import UserError
 
 __all__ = ["build_model", "load_pickle", "set_weights", "GoogLeNetEncoder",
@@ -122,39 +121,6 @@ def expected_param_shapes():
     return shapes
 
 
-class _RestrictedUnpickler(pickle.Unpickler):
-    """Builds numpy arrays, numpy scalars/dtypes and plain containers only."""
-
-    _ALLOWED = {
-        ("numpy.core.multiarray", "_reconstruct"),
-        ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy.core.multiarray", "scalar"),
-        ("numpy._core.multiarray", "scalar"),
-        ("numpy", "ndarray"),
-        ("numpy", "dtype"),
-        ("numpy.core.numeric", "_frombuffer"),
-        ("numpy._core.numeric", "_frombuffer"),
-        ("builtins", "list"), ("builtins", "dict"), ("builtins", "tuple"),
-        ("builtins", "set"), ("builtins", "frozenset"), ("builtins", "bytearray"),
-        ("__builtin__", "list"), ("__builtin__", "dict"), ("__builtin__", "tuple"),
-        ("__builtin__", "set"), ("__builtin__", "frozenset"),
-        ("_codecs", "encode"),
-        ("copy_reg", "_reconstructor"), ("copyreg", "_reconstructor"),
-        ("__builtin__", "object"), ("builtins", "object"),
-    }
-
-    def __init__(self, file, path):
-        super(_RestrictedUnpickler, self).__init__(file, encoding="latin1")
-        self._path = path
-
-    def find_class(self, module, name):
-        if (module, name) in self._ALLOWED:
-            return super(_RestrictedUnpickler, self).find_class(module, name)
-        raise UserError("%s: refusing to load %s.%s from the pickle (only numpy "
-                        "arrays and plain containers are allowed)"
-                        % (self._path, module, name))
-
-
 def load_pickle(path):
     """Read ``blvc_googlenet.pkl`` safely; returns its dict.
 
@@ -166,12 +132,12 @@ def load_pickle(path):
     if not os.path.isfile(path):
         from . import missing_model_message
         raise UserError(missing_model_message(path, "googlenet"))
-    with open(path, "rb") as f:
-        data = f.read()
     try:
-        obj = _RestrictedUnpickler(io.BytesIO(data), path).load()
-    except UserError:
-        raise
+        with open(path, "rb") as f:
+            obj = safe_pickle.load(f, allow=safe_pickle.NUMPY_ARRAYS)
+    except safe_pickle.Refused as exc:
+        raise UserError("%s: refusing to load %s from the pickle (only numpy arrays and "
+                        "plain containers are allowed)" % (path, exc))
     except Exception as exc:
         raise UserError("%s is not a GoogLeNet weights pickle (%s: %s)"
                         % (path, type(exc).__name__, str(exc).splitlines()[0] if str(exc) else ""))

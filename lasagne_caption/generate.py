@@ -1,0 +1,284 @@
+"""Captions from image codes, one LSTM/GRU step per word.
+
+The seminar generated a caption by running the whole network on the growing
+prefix ``#START# w1 ... wt`` for every new word: quadratic in the caption
+length, one image at a time. :class:`CaptionGenerator` compiles two small
+Theano functions instead, both with dropout off:
+
+* ``initial_states(codes) -> states``: the recurrent state before ``#START#``
+  (the image projection as the LSTM cell / GRU hidden state, or, for
+  ``image_inject="first_input"``, the state after the image step);
+* ``step(words, states) -> (log_probs, states)``: feed one word per row and
+  get the next-word log-probabilities over the vocabulary.
+
+Greedy decoding, sampling and beam search all run on many images at once
+(one row per image, per sample or per beam) and carry the states along, so
+every new word costs one recurrent step. :func:`generate_by_prefix` is the
+seminar's method, kept as the reference for tests and the benchmark.
+
+Conventions shared by every decoder:
+
+* decoding starts from ``#START#`` (the seminar fed ``"START"``, a word not
+  in the vocabulary, i.e. ``#UNK#``);
+* at most ``max_len`` tokens are generated per caption, ``#END#`` included;
+  a caption that reaches ``max_len`` without ``#END#`` is cut there;
+* ``#START#`` is never generated, and with ``suppress_unk=True`` (default)
+  neither is ``#UNK#``, which a user never wants to read;
+* the returned log-probability is the model's: the sum of ``log p(word)``
+  over the generated tokens, ``#END#`` included, from the unmodified
+  distribution (suppression and temperature change which word is picked,
+  not how it is scored).
+"""
+import lasagne
+import numpy as np
+import theano
+import theano.tensor as T
+
+DEFAULT_BATCH_SIZE = 256
+
+
+class CaptionGenerator(object):
+    """Compiled one-step generation functions of a :class:`~lasagne_caption.model.CaptionModel`.
+
+    Parameters
+    ----------
+    model : CaptionModel
+        Its current parameters are used (shared variables: later changes to
+        the model's weights are seen without recompiling).
+    batch_size : int
+        Images decoded together; bounds memory (beam search keeps
+        ``batch_size * beam`` rows of vocabulary-sized arrays).
+
+    Examples
+    --------
+    >>> gen = CaptionGenerator(model)                          # doctest: +SKIP
+    >>> captions, log_probs = gen.beam_search(codes, beam=3)   # doctest: +SKIP
+    """
+
+    def __init__(self, model, batch_size=DEFAULT_BATCH_SIZE):
+        self.model = model
+        self.vocab = model.vocab
+        self.batch_size = batch_size
+        self._init_fn, self._step_fn = _compile_step_functions(model.net)
+
+    # -- the two compiled functions ----------------------------------------
+    def initial_states(self, codes):
+        """Recurrent states (list of float32 (N, units)) before ``#START#`` is fed."""
+        return self._init_fn(np.asarray(codes, dtype="float32"))
+
+    def step(self, words, states):
+        """Feed ``words`` (int (N,)); returns ``(log_probs (N, n_tokens), new states)``."""
+        out = self._step_fn(np.asarray(words, dtype="int32"), *states)
+        return out[0], out[1:]
+
+    # -- decoders ---------------------------------------------------------
+    def greedy(self, codes, max_len=20, suppress_unk=True):
+        """The most probable word at every step.
+
+        Parameters
+        ----------
+        codes : array (N, code_size)
+        max_len : int
+        suppress_unk : bool
+
+        Returns
+        -------
+        captions : list of str
+        log_probs : float64 array (N,)
+        """
+        return self._chunked(self._greedy, codes, max_len=max_len, suppress_unk=suppress_unk)
+
+    def sample(self, codes, temperature=1.0, n=1, seed=None, max_len=20, suppress_unk=True):
+        """Draw ``n`` captions per image from the model, softmax at ``temperature``.
+
+        The same ``seed`` (and the same inputs) gives the same captions.
+
+        Returns
+        -------
+        captions : list of list of str
+            ``n`` captions for each of the N images.
+        log_probs : float64 array (N, n)
+        """
+        if temperature <= 0:
+            raise ValueError("temperature must be positive, not %r" % temperature)
+        rng = np.random.default_rng(seed)
+        codes = np.repeat(np.asarray(codes, dtype="float32"), n, axis=0)
+        captions, log_probs = self._chunked(self._sample, codes, rng=rng, temperature=temperature,
+                                            max_len=max_len, suppress_unk=suppress_unk)
+        return [captions[i:i + n] for i in range(0, len(captions), n)], log_probs.reshape(-1, n)
+
+    def beam_search(self, codes, beam=3, max_len=20, length_normalization=0.0,
+                    suppress_unk=True):
+        """The best caption among ``beam`` hypotheses kept per image and step.
+
+        Finished hypotheses (ending in ``#END#``) stay in the beam with their
+        score and compete with the unfinished ones. The greedy caption is
+        carried along as one more hypothesis (plain beam search can prune it
+        and end lower), so the result never scores below :meth:`greedy`.
+        Among the final hypotheses the caption with the highest ``log_prob / length ** length_normalization``
+        is returned (length in tokens, ``#END#`` included): 0 compares raw
+        log-probabilities, which favour short captions; 0.7 is a common choice.
+
+        Returns
+        -------
+        captions : list of str
+        log_probs : float64 array (N,)
+            The raw (not length-normalised) log-probability of each caption.
+        """
+        if beam < 1:
+            raise ValueError("beam must be at least 1, not %r" % beam)
+        return self._chunked(self._beam_search, codes, beam=beam, max_len=max_len,
+                             alpha=length_normalization, suppress_unk=suppress_unk)
+
+    # -- implementation -----------------------------------------------------
+    def _chunked(self, decode, codes, **kwargs):
+        codes = np.asarray(codes, dtype="float32")
+        if codes.ndim != 2 or codes.shape[1] != self.model.config.code_size:
+            raise ValueError("expected image codes (N, %d), got shape %s"
+                             % (self.model.config.code_size, codes.shape))
+        captions, log_probs = [], []
+        for start in range(0, len(codes), self.batch_size):
+            c, lp = decode(codes[start:start + self.batch_size], **kwargs)
+            captions += c
+            log_probs.append(lp)
+        return captions, np.concatenate(log_probs) if log_probs else np.zeros(0)
+
+    def _banned(self, suppress_unk):
+        return [self.vocab.start_ix] + ([self.vocab.unk_ix] if suppress_unk else [])
+
+    def _greedy(self, codes, max_len, suppress_unk):
+        return self._decode_rowwise(codes, max_len, suppress_unk,
+                                    pick=lambda scores: scores.argmax(axis=1))
+
+    def _sample(self, codes, rng, temperature, max_len, suppress_unk):
+        def pick(scores):
+            logits = scores / temperature
+            p = np.exp(logits - logits.max(axis=1, keepdims=True))
+            cdf = np.cumsum(p / p.sum(axis=1, keepdims=True), axis=1)
+            # inverse-CDF draw, one uniform number per row (vectorised rng.choice)
+            u = rng.random((len(cdf), 1))
+            return np.minimum((cdf < u).sum(axis=1), cdf.shape[1] - 1)
+        return self._decode_rowwise(codes, max_len, suppress_unk, pick)
+
+    def _decode_rowwise(self, codes, max_len, suppress_unk, pick):
+        """One independent caption per row: greedy or sampled, by ``pick(scores) -> words``."""
+        n = len(codes)
+        end = self.vocab.end_ix
+        states = self.initial_states(codes)
+        words = np.full(n, self.vocab.start_ix, dtype="int32")
+        tokens = np.full((n, max_len), end, dtype="int32")
+        total = np.zeros(n)
+        done = np.zeros(n, dtype=bool)
+        for t in range(max_len):
+            log_probs, states = self.step(words, states)
+            scores = log_probs.copy()
+            scores[:, self._banned(suppress_unk)] = -np.inf
+            words = np.where(done, end, pick(scores)).astype("int32")
+            total += np.where(done, 0.0, log_probs[np.arange(n), words])
+            tokens[:, t] = words
+            done |= words == end
+            if done.all():
+                break
+        return [self.vocab.decode(row) for row in tokens], total
+
+    def _beam_search(self, codes, beam, max_len, alpha, suppress_unk):
+        n, end = len(codes), self.vocab.end_ix
+        # Plain beam search can prune the greedy path and end below it, so
+        # each image gets one extra lane that follows the greedy path outside
+        # the competition: the result never scores below greedy decoding.
+        lanes = beam + 1
+        # rows are image-major: row i * lanes + k is lane k of image i
+        states = [np.repeat(s, lanes, axis=0) for s in self.initial_states(codes)]
+        words = np.full(n * lanes, self.vocab.start_ix, dtype="int32")
+        tokens = np.zeros((n * lanes, 0), dtype="int32")
+        scores = np.zeros((n, lanes))
+        scores[:, 1:beam] = -np.inf   # the beams start identical: expand only the first
+        scores = scores.ravel()
+        lengths = np.zeros(n * lanes, dtype=int)
+        done = np.zeros(n * lanes, dtype=bool)
+        rows = np.arange(n)[:, None]
+        for _ in range(max_len):
+            log_probs, states = self.step(words, states)
+            log_probs[:, self._banned(suppress_unk)] = -np.inf
+            # a finished hypothesis has one continuation, #END# at no cost
+            log_probs[done] = -np.inf
+            log_probs[done, end] = 0.0
+            n_tokens = log_probs.shape[1]
+            candidates = (scores[:, None] + log_probs).reshape(n, lanes * n_tokens)
+            competing = candidates[:, :beam * n_tokens]
+            best = np.argpartition(-competing, beam - 1, axis=1)[:, :beam]
+            best = best[rows, np.argsort(-competing[rows, best], axis=1)]
+            greedy = beam * n_tokens + candidates[:, beam * n_tokens:].argmax(axis=1)
+            best = np.concatenate([best, greedy[:, None]], axis=1)
+            source = (rows * lanes + best // n_tokens).ravel()
+            words = (best % n_tokens).ravel().astype("int32")
+            scores = candidates[rows, best].ravel()
+            lengths = lengths[source] + ~done[source]
+            done = done[source] | (words == end)
+            tokens = np.concatenate([tokens[source], words[:, None]], axis=1)
+            states = [s[source] for s in states]
+            if done.all():
+                break
+        normalised = (scores / np.maximum(lengths, 1) ** alpha).reshape(n, lanes)
+        chosen = np.arange(n) * lanes + normalised.argmax(axis=1)
+        return [self.vocab.decode(row) for row in tokens[chosen]], scores[chosen]
+
+
+def _compile_step_functions(net):
+    """``init(codes) -> states`` and ``step(words, *states) -> [log_probs] + states``."""
+    decoder, embedding, output = net["decoder"], net["embedding"], net["output"]
+    codes = net["image_codes"]
+    # the outputs of the layers that give the decoder its initial state
+    # (the image projection for cell_init); dropout off
+    inputs = [None] * len(decoder.input_layers)
+    for index in decoder.init_incoming_index.values():
+        inputs[index] = lasagne.layers.get_output(decoder.input_layers[index], deterministic=True)
+    states = decoder.initial_states(inputs, codes.shape[0])
+    if not decoder.init_incoming_index:
+        # Show and Tell (image_inject="first_input"): the projected image is
+        # the first input step, before #START#
+        image = lasagne.layers.get_output(net["image_projection"], deterministic=True)
+        states = decoder.step(decoder.precompute_input(image), *states)
+    init_fn = theano.function([codes], states, allow_input_downcast=True,
+                              name="caption_initial_states")
+
+    words = T.ivector("words")
+    previous = [T.matrix("state_%d" % i) for i in range(len(states))]
+    new = decoder.step(decoder.precompute_input(embedding.get_output_for(words)), *previous)
+    logits = T.dot(new[-1], output.W) + output.b
+    log_probs = T.nnet.logsoftmax(logits)
+    step_fn = theano.function([words] + previous, [log_probs] + list(new),
+                              allow_input_downcast=True, name="caption_step")
+    return init_fn, step_fn
+
+
+def generate_by_prefix(model, codes, max_len=20, suppress_unk=True):
+    """Greedy captions the seminar's way: re-run the whole network on the prefix.
+
+    Quadratic in the caption length; the reference that :meth:`CaptionGenerator.greedy`
+    must match word for word (same conventions, see the module docstring).
+
+    Returns
+    -------
+    captions : list of str
+    log_probs : float64 array (N,)
+    """
+    vocab = model.vocab
+    codes = np.asarray(codes, dtype="float32")
+    n = len(codes)
+    prefix = np.full((n, 1), vocab.start_ix, dtype="int32")
+    total = np.zeros(n)
+    done = np.zeros(n, dtype=bool)
+    banned = [vocab.start_ix] + ([vocab.unk_ix] if suppress_unk else [])
+    for _ in range(max_len):
+        # finished rows keep running (with #END# appended); their output is ignored
+        probs = model.probabilities(codes, prefix)[:, -1].astype("float64")
+        scores = probs.copy()
+        scores[:, banned] = -1.0
+        words = np.where(done, vocab.end_ix, scores.argmax(axis=1)).astype("int32")
+        total += np.where(done, 0.0, np.log(probs[np.arange(n), words]))
+        prefix = np.concatenate([prefix, words[:, None]], axis=1)
+        done |= words == vocab.end_ix
+        if done.all():
+            break
+    return [vocab.decode(row) for row in prefix], total

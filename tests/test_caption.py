@@ -1,0 +1,105 @@
+"""Captioning photos: the Python API and the command line, on a demo checkpoint."""
+import json
+import pathlib
+import shutil
+
+import numpy as np
+import pytest
+
+from lasagne_caption import caption
+from lasagne_caption.caption import Captioner, load_encoder
+from lasagne_caption.checkpoint import load_metadata
+from lasagne_caption.errors import UserError
+from lasagne_caption.vocab import Vocabulary
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def tflite(shared_dir):
+    return str(shared_dir / "models" / "mobilenet_v2" / "mobilenet_v2_1.0_224_quant.tflite")
+
+
+@pytest.fixture(scope="module")
+def captioner(demo_checkpoint, tflite):
+    return Captioner.from_checkpoint(demo_checkpoint, encoder_model=tflite)
+
+
+@pytest.fixture(scope="session")
+def photos(shared_dir):
+    return [str(shared_dir / "data" / "samples" / name) for name in ("cat.bmp", "owl.jpg")]
+
+
+def test_caption_photos_and_codes(captioner, photos):
+    one = captioner.caption(photos[0])
+    assert isinstance(one, str) and one
+    both = captioner.caption(photos, greedy=True)
+    assert len(both) == 2 and all(isinstance(c, str) and c for c in both)
+    samples = captioner.caption(photos[0], sample=True, n=3, seed=0)
+    assert len(samples) == 3 and all(isinstance(c, str) for c in samples)
+    # codes computed beforehand give the same captions as the photos
+    codes, errors = captioner.encode(photos)
+    assert codes.shape == (2, 1001) and errors == {}
+    assert captioner.caption(codes, greedy=True) == both
+    assert captioner.caption(codes[0]) == one
+
+
+def test_unreadable_photo_raises_in_the_api(captioner, tmp_path):
+    bad = tmp_path / "notes.txt"
+    bad.write_text("not a photo")
+    with pytest.raises(UserError, match="notes.txt"):
+        captioner.caption(str(bad))
+
+
+def test_cli_reports_a_non_image_and_captions_the_rest(demo_checkpoint, tflite, photos,
+                                                       tmp_path, capsys):
+    bad = tmp_path / "notes.txt"
+    bad.write_text("not a photo")
+    code = caption.main([photos[0], str(bad), photos[1], "--checkpoint", str(demo_checkpoint),
+                         "--model", tflite, "--greedy"])
+    out, err = capsys.readouterr()
+    assert code == 1
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "notes.txt" in errors[0] and "not an image" in errors[0]
+    lines = out.splitlines()
+    assert [line.split(": ")[0] for line in lines] == [photos[0], photos[1]]
+    assert all(line.split(": ", 1)[1] for line in lines)
+
+
+def test_cli_json_samples(demo_checkpoint, tflite, photos, capsys):
+    argv = photos + ["--checkpoint", str(demo_checkpoint), "--model", tflite,
+                     "--sample", "-n", "2", "--seed", "3", "--temperature", "0.8", "--json"]
+    assert caption.main(argv) == 0
+    results = json.loads(capsys.readouterr().out)
+    assert [r["photo"] for r in results] == photos
+    assert all(r["method"] == "sample" and len(r["captions"]) == 2 and len(r["log_probs"]) == 2
+               for r in results)
+    assert caption.main(argv) == 0
+    assert json.loads(capsys.readouterr().out) == results     # same seed, same captions
+
+
+def test_bare_seminar_file_needs_a_vocabulary(demo_checkpoint, captioner, tmp_path):
+    bare = tmp_path / "wrote_net.params"
+    shutil.copy(demo_checkpoint, bare)
+    with pytest.raises(UserError, match="no metadata.*--vocab"):
+        Captioner.from_checkpoint(bare)
+    vocab_file = tmp_path / "vocab.txt"
+    Vocabulary(load_metadata(str(demo_checkpoint))["vocabulary"]).save(vocab_file)
+    loaded = Captioner.from_checkpoint(bare, vocab=vocab_file)
+    codes = np.random.RandomState(0).randn(3, 1001).astype("float32")
+    assert loaded.caption(codes, greedy=True) == captioner.caption(codes, greedy=True)
+
+
+def test_code_sizes_choose_the_encoder(tmp_path):
+    with pytest.raises(UserError, match="1000-d googlenet.*blvc_googlenet.pkl"):
+        load_encoder(1000, tmp_path / "missing.pkl")
+    with pytest.raises(UserError, match="12-d image codes.*precomputed codes"):
+        load_encoder(12)
+
+
+def test_cli_missing_checkpoint_is_one_line(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        caption.run_cli(caption.main, [str(tmp_path / "a.jpg"),
+                                       "--checkpoint", str(tmp_path / "none.params")])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip().count("\n") == 0

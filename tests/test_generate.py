@@ -1,0 +1,163 @@
+"""Caption generation: one recurrent step per word, matching the full network."""
+import numpy as np
+import pytest
+
+from lasagne_caption.data import generate_batch, load_dataset
+from lasagne_caption.generate import CaptionGenerator, generate_by_prefix
+from lasagne_caption.model import CaptionModel, NetworkConfig
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_model, tiny_dataset):
+    """The tiny model trained a little (its captions follow the codes); restored afterwards."""
+    saved = tiny_model.get_param_values()
+    saved_optimizer = [v.get_value() for v in tiny_model.optimizer_state]
+    codes, captions = load_dataset(tiny_dataset).split("train")
+    rng = np.random.RandomState(0)
+    for _ in range(200):
+        tiny_model.train_step(*generate_batch(codes, captions, tiny_model.vocab, 30, rng))
+    yield tiny_model
+    tiny_model.set_param_values(saved)
+    for var, value in zip(tiny_model.optimizer_state, saved_optimizer):
+        var.set_value(value)
+
+
+@pytest.fixture(scope="module")
+def generator(trained):
+    return CaptionGenerator(trained)
+
+
+@pytest.fixture(scope="module")
+def codes(tiny_dataset):
+    """The dataset's 40 images and 160 noisy variants of them."""
+    base = load_dataset(tiny_dataset).codes
+    noisy = np.repeat(base, 4, axis=0) + np.random.RandomState(1).normal(0, 1, (160, base.shape[1]))
+    return np.concatenate([base, noisy]).astype("float32")
+
+
+def caption_log_prob(model, codes, captions):
+    """log p(caption + #END# | image) from the full network, one row per caption."""
+    matrix = model.vocab.as_matrix([["#START#"] + c.split() + ["#END#"] for c in captions])
+    probs = model.probabilities(codes, matrix)
+    return np.array([sum(np.log(probs[i, t, matrix[i, t + 1]]) for t in range(len(c.split()) + 1))
+                     for i, c in enumerate(captions)])
+
+
+def step_probabilities(generator, codes, sentences):
+    """Next-word probabilities (batch, time, n_tokens) fed word by word through ``step``."""
+    states = generator.initial_states(codes)
+    out = []
+    for t in range(sentences.shape[1]):
+        log_probs, states = generator.step(sentences[:, t], states)
+        out.append(np.exp(log_probs))
+    return np.stack(out, axis=1)
+
+
+def test_step_probabilities_equal_the_full_network(trained, generator, tiny_dataset):
+    ds = load_dataset(tiny_dataset)
+    sentences = trained.vocab.as_matrix([c[0] for c in ds.captions[:8]])
+    sentences[sentences == -1] = trained.vocab.end_ix   # step needs a word in every row
+    expected = trained.probabilities(ds.codes[:8], sentences)
+    np.testing.assert_allclose(step_probabilities(generator, ds.codes[:8], sentences),
+                               expected, atol=1e-5)
+
+
+def test_greedy_equals_rerunning_the_prefix(trained, generator, codes):
+    captions, log_probs = generator.greedy(codes)
+    reference, reference_log_probs = generate_by_prefix(trained, codes)
+    assert captions == reference
+    np.testing.assert_allclose(log_probs, reference_log_probs, atol=1e-4)
+    # the model learned the task: the first image is a red dog
+    assert "red dog" in captions[0], captions[:4]
+
+
+@pytest.mark.parametrize("image_inject,cell", [("first_input", "lstm"), ("cell_init", "gru"),
+                                               ("first_input", "gru")])
+def test_other_networks_step_like_the_full_network(tiny_model, codes, image_inject, cell):
+    config = NetworkConfig(n_tokens=len(tiny_model.vocab), code_size=codes.shape[1],
+                           embed_size=8, units=16, image_inject=image_inject, cell=cell)
+    model = CaptionModel(config, tiny_model.vocab)
+    generator = CaptionGenerator(model)
+    sentences = np.random.RandomState(0).randint(1, len(model.vocab), (5, 6)).astype("int32")
+    np.testing.assert_allclose(step_probabilities(generator, codes[:5], sentences),
+                               model.probabilities(codes[:5], sentences), atol=1e-5)
+    assert generator.greedy(codes[:20], max_len=6)[0] == \
+        generate_by_prefix(model, codes[:20], max_len=6)[0]
+
+
+def test_generation_is_deterministic(generator, codes):
+    # dropout on the image would make two runs differ
+    first, first_lp = generator.greedy(codes)
+    second, second_lp = generator.greedy(codes)
+    assert first == second
+    np.testing.assert_array_equal(first_lp, second_lp)
+
+
+def test_beam_width_1_is_greedy(generator, codes):
+    greedy, greedy_lp = generator.greedy(codes)
+    beam, beam_lp = generator.beam_search(codes, beam=1)
+    assert beam == greedy
+    np.testing.assert_allclose(beam_lp, greedy_lp, atol=1e-6)
+
+
+@pytest.mark.parametrize("beam", [3, 5])
+def test_beam_search_never_scores_below_greedy(trained, generator, codes, beam):
+    _, greedy_lp = generator.greedy(codes)
+    captions, beam_lp = generator.beam_search(codes, beam=beam, length_normalization=0)
+    assert np.all(beam_lp >= greedy_lp - 1e-6)
+    assert np.any(beam_lp > greedy_lp + 1e-3)     # and it does find better captions
+    # the reported score is the model's log-probability of the caption
+    np.testing.assert_allclose(beam_lp, caption_log_prob(trained, codes, captions), atol=1e-3)
+
+
+def test_length_normalisation_prefers_longer_captions(generator, codes):
+    def mean_length(alpha):
+        captions, _ = generator.beam_search(codes, beam=5, length_normalization=alpha)
+        return np.mean([len(c.split()) for c in captions])
+    assert mean_length(2.0) > mean_length(0.0)
+
+
+def test_same_seed_same_samples(trained, generator, codes):
+    first, first_lp = generator.sample(codes[:40], n=3, seed=7)
+    assert len(first) == 40 and all(len(c) == 3 for c in first) and first_lp.shape == (40, 3)
+    assert generator.sample(codes[:40], n=3, seed=7)[0] == first
+    assert generator.sample(codes[:40], n=3, seed=8)[0] != first
+    flat = [c for per_image in first for c in per_image]
+    np.testing.assert_allclose(first_lp.ravel(),
+                               caption_log_prob(trained, np.repeat(codes[:40], 3, axis=0), flat),
+                               atol=1e-3)
+
+
+def test_cold_sampling_is_greedy(generator, codes):
+    samples, _ = generator.sample(codes, temperature=1e-6, seed=0)
+    assert [s[0] for s in samples] == generator.greedy(codes)[0]
+
+
+def test_batches_do_not_change_the_captions(generator, codes):
+    expected = generator.beam_search(codes, beam=3)[0]
+    generator.batch_size = 7
+    try:
+        assert generator.beam_search(codes, beam=3)[0] == expected
+    finally:
+        generator.batch_size = 256
+
+
+def test_unk_is_suppressed_by_default(trained, generator, codes):
+    b = trained.net["output"].b
+    saved = b.get_value()
+    biased = saved.copy()
+    biased[trained.vocab.unk_ix] += 100     # the model now always wants #UNK#
+    b.set_value(biased)
+    try:
+        assert "#UNK#" not in " ".join(generator.greedy(codes[:5])[0])
+        assert "#UNK#" not in " ".join(generator.beam_search(codes[:5])[0])
+        assert generator.greedy(codes[:5], max_len=3, suppress_unk=False)[0] == \
+            ["#UNK# #UNK# #UNK#"] * 5
+    finally:
+        b.set_value(saved)
+
+
+def test_max_len_cuts_captions(generator, codes):
+    for captions in (generator.greedy(codes, max_len=2)[0],
+                     generator.beam_search(codes, max_len=2)[0]):
+        assert max(len(c.split()) for c in captions) <= 2
