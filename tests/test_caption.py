@@ -1,6 +1,5 @@
 """Captioning photos: the Python API and the command line, on a demo checkpoint."""
 import json
-import pathlib
 import shutil
 
 import numpy as np
@@ -12,7 +11,6 @@ from lasagne_caption.checkpoint import load_metadata
 from lasagne_caption.errors import UserError
 from lasagne_caption.vocab import Vocabulary
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="session")
