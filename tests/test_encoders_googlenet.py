@@ -1,5 +1,4 @@
 """BVLC GoogLeNet (Lasagne Recipes layout) with random weights; the safe loader."""
-import os
 import pickle
 
 import numpy as np
@@ -49,8 +48,6 @@ def test_param_shapes_and_order():
     assert net["inception_4c/output"].output_shape[1] == 512
 
 
-@pytest.mark.skipif(not os.environ.get("LASAGNE_CAPTION_SLOW"),
-                    reason="GoogLeNet's Theano compile takes > 4 min here; set LASAGNE_CAPTION_SLOW=1")
 def test_random_weights_forward(random_params, tmp_path):
     blob = {"param values": random_params, "synset words": ["w%d" % i for i in range(1000)],
             "mean value": np.array([104.0, 117.0, 123.0])}
