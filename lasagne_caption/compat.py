@@ -25,6 +25,7 @@ import ctypes.util
 import os
 import sys
 import types
+import warnings
 
 SUPPORTED_PYTHON = ((3, 9), (3, 11))   # inclusive range of (major, minor)
 SUPPORTED_NUMPY = ("1.22", "1.23", "1.24", "1.25")
@@ -110,6 +111,13 @@ def _block_cython_scan():
     sys.modules.setdefault("theano.scan.scan_perform_ext", None)
 
 
+def _quiet_lasagne_import():
+    # Lasagne 0.1 imports pkg_resources (kept by the setuptools<81 pin), which
+    # warns on every start; the warning is about Lasagne, not the user's code
+    warnings.filterwarnings("ignore", message="pkg_resources is deprecated",
+                            category=UserWarning)
+
+
 def _patch_theano():
     import theano
     import theano.graph
@@ -153,6 +161,7 @@ def apply():
     if "theano" not in sys.modules:
         configure_flags()
     _block_cython_scan()
+    _quiet_lasagne_import()
     _patch_theano()
     _applied = True
 

@@ -42,7 +42,7 @@ def caption_split(model, dataset, split, beam=3, max_len=20, length_normalizatio
 
 def evaluate(checkpoint, data=None, split="test", beam=3, max_len=20,
              length_normalization=0.0, out=None):
-    """Caption and score a split; returns ``(scores, candidates, paths written)``."""
+    """Caption and score a split; returns ``(scores, candidates, paths written, dataset)``."""
     model, meta = load_model(checkpoint)
     data = data or meta.get("data", {}).get("path")
     if not data:
@@ -58,6 +58,8 @@ def evaluate(checkpoint, data=None, split="test", beam=3, max_len=20,
     scores = metrics.score_captions(references, candidates)
     out = out or os.path.dirname(os.path.abspath(checkpoint))
     stem = os.path.join(out, "%s.%s.beam%d" % (os.path.basename(checkpoint), split, beam))
+    if length_normalization:
+        stem += ".ln%g" % length_normalization
     metrics.write_results_json(stem + ".captions.json", candidates)
     meta_row = {"checkpoint": checkpoint, "data": str(dataset.path), "split": split,
                 "images": len(candidates), "beam": beam, "max_len": max_len,
@@ -65,7 +67,7 @@ def evaluate(checkpoint, data=None, split="test", beam=3, max_len=20,
                 "caption_seconds": round(seconds, 1)}
     metrics.write_scores(stem + ".scores.json", stem + ".scores.csv", scores, meta_row)
     return scores, candidates, [stem + ".captions.json", stem + ".scores.json",
-                                stem + ".scores.csv"]
+                                stem + ".scores.csv"], dataset
 
 
 def build_parser():
@@ -92,12 +94,11 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     if args.beam < 1:
         raise UserError("--beam must be at least 1")
-    scores, candidates, written = evaluate(args.checkpoint, args.data, args.split, args.beam,
+    scores, candidates, written, dataset = evaluate(args.checkpoint, args.data, args.split, args.beam,
                                            args.max_len, args.length_normalization, args.out)
-    data_path = args.data or ""
-    compare = args.compare or ("flickr8k" if "flickr8k" in (data_path + args.checkpoint).lower()
-                               or "flickr" in str(written[0]).lower() else "none")
-    others = metrics.PUBLISHED_FLICKR8K if compare == "flickr8k" else None
+    others = None
+    if args.compare == "flickr8k" or (args.compare is None and dataset.meta.get("source") == "flickr8k"):
+        others = metrics.PUBLISHED_FLICKR8K
     print("%d %s images, beam %d" % (len(candidates), args.split, args.beam))
     print(metrics.format_table(scores, others=others))
     print("wrote " + ", ".join(written))
