@@ -30,6 +30,6 @@ setup(
     extras_require={
         "test": ["pytest", "nbclient", "nbformat", "ipykernel"],
         # the PyTorch peer for the speed benchmark only; 2.13.0 is the CPU build
-        "bench": ["torch==2.13.0"],
+        "bench": ["torch==2.13.0", "setuptools<81"],
     },
 )
