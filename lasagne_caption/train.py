@@ -90,18 +90,37 @@ def metadata(model, dataset, args, epoch, step):
     }
 
 
-def compile_notice(model):
+def _compile_record():
+    from .compat import cache_dir
+    return os.path.join(cache_dir(), "compile_seconds.json")
+
+
+def compile_notice():
+    """Say how long compiling will take: the last time measured here, or a first-time estimate."""
+    import json
     import theano
-    cached = sum(1 for _ in os.scandir(theano.config.compiledir)) \
-        if os.path.isdir(theano.config.compiledir) else 0
-    if cached < 100:
-        print("Compiling the training function. On a machine that has never compiled it "
-              "this takes about 2-3 minutes (Theano turns the graph into C); the code is "
-              "cached in %s and later runs start in seconds." % theano.config.compiledir,
+    try:
+        with open(_compile_record()) as f:
+            last = json.load(f)["train"]
+    except (OSError, ValueError, KeyError):
+        last = None
+    if last is None:
+        print("Compiling the training functions. The first time on a machine this takes "
+              "about 2-4 minutes on 2 cores while Theano writes and compiles C code; it is "
+              "cached in %s and later runs take well under a minute." % theano.config.compiledir,
               flush=True)
     else:
-        print("Compiling the training function (from the cache in %s: seconds)..."
-              % theano.config.compiledir, flush=True)
+        print("Compiling the training functions (last time on this machine: %.0f s; the C "
+              "code is cached in %s)..." % (last, theano.config.compiledir), flush=True)
+
+
+def record_compile_time(seconds):
+    import json
+    try:
+        atomic_write(_compile_record(), lambda f: json.dump({"train": round(seconds, 1)}, f),
+                     text=True)
+    except OSError:
+        pass   # a read-only cache only costs the estimate
 
 
 def read_log(path, upto_epoch):
@@ -171,10 +190,11 @@ def train(args):
     if meta is not None:
         print("resuming from %s at epoch %d" % (args.checkpoint, start_epoch))
 
-    compile_notice(model)
+    compile_notice()
     started = time.time()
     optimizer = model.optimizer_state
     model._compile("val_step")
+    record_compile_time(time.time() - started)
     print("compiled in %.0f s" % (time.time() - started), flush=True)
     if meta is not None:
         values = ckpt.load_optimizer_state(args.checkpoint)

@@ -105,3 +105,13 @@ def test_missing_dataset_is_a_one_line_error(tmp_path):
                           str(tmp_path / "nothing")], capture_output=True, text=True)
     assert out.returncode == 2
     assert out.stderr.strip().count("\n") == 0 and "no such dataset folder" in out.stderr
+
+
+def test_compile_notice_quotes_the_last_measured_time(tmp_path, monkeypatch, capsys):
+    from lasagne_caption.train import compile_notice, record_compile_time
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    compile_notice()
+    assert "The first time on a machine this takes about 2-4 minutes" in capsys.readouterr().out
+    record_compile_time(42.4)
+    compile_notice()
+    assert "last time on this machine: 42 s" in capsys.readouterr().out
