@@ -48,13 +48,19 @@ def test_param_shapes_and_order():
     assert net["inception_4c/output"].output_shape[1] == 512
 
 
-def test_random_weights_forward(random_params, tmp_path):
+@pytest.fixture
+def googlenet_file(random_params, tmp_path):
+    """A blvc_googlenet.pkl in the Lasagne Recipes format, with random weights."""
     blob = {"param values": random_params, "synset words": ["w%d" % i for i in range(1000)],
             "mean value": np.array([104.0, 117.0, 123.0])}
     path = tmp_path / "blvc_googlenet.pkl"
     with open(path, "wb") as f:
         pickle.dump(blob, f, protocol=2)
-    enc = get_encoder("googlenet", path)
+    return path
+
+
+def test_random_weights_forward(random_params, googlenet_file):
+    enc = get_encoder("googlenet", googlenet_file)
     assert enc.synset_words[3] == "w3"
     img = np.random.RandomState(1).randint(0, 256, (2, 224, 224, 3)).astype(np.uint8)
     codes = enc.forward(img)
@@ -65,13 +71,8 @@ def test_random_weights_forward(random_params, tmp_path):
                                rtol=1e-3, atol=1e-3)
 
 
-def test_random_weights_load(random_params, tmp_path):
-    blob = {"param values": random_params, "synset words": ["w%d" % i for i in range(1000)],
-            "mean value": np.array([104.0, 117.0, 123.0])}
-    path = tmp_path / "blvc_googlenet.pkl"
-    with open(path, "wb") as f:
-        pickle.dump(blob, f, protocol=2)
-    enc = get_encoder("googlenet", path)
+def test_random_weights_load(random_params, googlenet_file):
+    enc = get_encoder("googlenet", googlenet_file)
     assert enc.synset_words[3] == "w3"
     np.testing.assert_array_equal(enc.net["loss3/classifier"].W.get_value(), random_params[-2])
     x = enc.preprocess(np.full((1, 224, 224, 3), [110, 120, 130], np.uint8))

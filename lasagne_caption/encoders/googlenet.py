@@ -220,21 +220,5 @@ class GoogLeNetEncoder(object):
         return {"logits": np.asarray(logits, np.float32), "pool": np.asarray(pool, np.float32)}
 
     def encode(self, images_or_paths, batch_size=16, progress=True):
-        from .mobilenet_v2 import _is_path, _progress
-        from .preprocess import load_image
-        items = images_or_paths
-        n = len(items)
-        out = {k: np.zeros((n, d), np.float32) for k, d in self.code_dims.items()}
-        bar = _progress(n, progress, "encoding")
-        try:
-            for start in range(0, n, batch_size):
-                chunk = items[start:start + batch_size]
-                imgs = [load_image(it, size=self.input_size) if _is_path(it)
-                        else np.asarray(it, np.uint8) for it in chunk]
-                codes = self.forward(np.stack(imgs))
-                for k in out:
-                    out[k][start:start + len(chunk)] = codes[k]
-                bar.update(len(chunk))
-        finally:
-            bar.close()
-        return out
+        from .preprocess import encode_in_batches
+        return encode_in_batches(self, images_or_paths, batch_size, progress)

@@ -217,7 +217,6 @@ def _compiled(path, fake_quant, depthwise_impl):
         if key in _CACHE:
             return _CACHE[key]
         import theano
-        import theano.tensor as T
         import lasagne
         params, out_quant, input_quant = read_tflite_weights(path)
         net = build_model(fake_quant=out_quant if fake_quant else None,
@@ -283,34 +282,8 @@ class MobileNetV2Encoder(object):
         Paths that are not readable images raise :class:`UserError`; use
         :func:`lasagne_caption.encoders.encode_folder` to skip them instead.
         """
-        from .preprocess import load_image
-        items = images_or_paths
-        if isinstance(items, np.ndarray) and items.ndim == 3:
-            items = items[None]
-        n = len(items)
-        out = {k: np.zeros((n, d), np.float32) for k, d in self.code_dims.items()}
-        bar = _progress(n, progress, "encoding")
-        try:
-            for start in range(0, n, batch_size):
-                chunk = items[start:start + batch_size]
-                imgs = [load_image(it, size=self.input_size) if _is_path(it)
-                        else np.asarray(it, np.uint8) for it in chunk]
-                codes = self.forward(np.stack(imgs))
-                for k in out:
-                    out[k][start:start + len(chunk)] = codes[k]
-                bar.update(len(chunk))
-        finally:
-            bar.close()
-        return out
-
-
-def _is_path(item):
-    return isinstance(item, (str, bytes, os.PathLike))
-
-
-def _progress(total, enabled, desc):
-    from tqdm import tqdm
-    return tqdm(total=total, disable=not enabled, desc=desc, unit="img")
+        from .preprocess import encode_in_batches
+        return encode_in_batches(self, images_or_paths, batch_size, progress)
 
 
 def read_labels(path):

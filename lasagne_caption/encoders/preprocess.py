@@ -166,3 +166,29 @@ def list_images(folder, extensions=IMAGE_EXTENSIONS):
                    if n.lower().endswith(tuple(extensions))
                    and os.path.isfile(os.path.join(folder, n)))
     return [os.path.join(folder, n) for n in names]
+
+
+def encode_in_batches(encoder, images_or_paths, batch_size=32, progress=True):
+    """Run ``encoder.forward`` over photos (paths or uint8 arrays) in batches.
+
+    ``encoder`` has ``forward(uint8 (N, H, W, 3)) -> {code name: (N, D)}``,
+    ``code_dims`` and ``input_size``. Returns ``{code name: float32 (N, D)}``.
+    Paths that are not readable images raise :class:`UserError`.
+    """
+    from tqdm import tqdm
+    items = images_or_paths
+    if isinstance(items, np.ndarray) and items.ndim == 3:
+        items = items[None]
+    n = len(items)
+    out = {k: np.zeros((n, d), np.float32) for k, d in encoder.code_dims.items()}
+    with tqdm(total=n, disable=not progress, desc="encoding", unit="img") as bar:
+        for start in range(0, n, batch_size):
+            chunk = items[start:start + batch_size]
+            images = [load_image(it, size=encoder.input_size)
+                      if isinstance(it, (str, bytes, os.PathLike)) else np.asarray(it, np.uint8)
+                      for it in chunk]
+            codes = encoder.forward(np.stack(images))
+            for k in out:
+                out[k][start:start + len(chunk)] = codes[k]
+            bar.update(len(chunk))
+    return out
