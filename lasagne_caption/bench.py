@@ -32,9 +32,8 @@ then measures the contention, not the code.
 
 torch is optional (``pip install -e .[bench]``): without it the toolkit is
 still timed and the table says so. ``--generation`` times greedy and beam-3
-caption generation on 1000 images (if :mod:`lasagne_caption.generate`
-exists), ``--encoding`` the image encoder in images/s (if
-:mod:`lasagne_caption.encoders` exists and its model file is found).
+caption generation on 1000 images, ``--encoding`` the image encoder in
+images/s (when its model file is found).
 """
 import argparse
 import json
@@ -207,13 +206,8 @@ def worker_torch(spec):
 
 def worker_generation(spec):
     """Greedy and beam-3 generation on ``spec['images']`` codes (random or the data's)."""
-    import importlib
-    try:
-        generate = importlib.import_module("lasagne_caption.generate")
-        generate.CaptionGenerator
-    except (ImportError, AttributeError) as exc:
-        return dict(impl="generation", skipped="lasagne_caption.generate unavailable (%s)" % exc)
     import numpy as np
+    from . import generate
     import lasagne
     from .model import CaptionModel, NetworkConfig
     from .vocab import Vocabulary
@@ -262,13 +256,8 @@ def _encoder_model(spec):
 
 
 def worker_encoding(spec):
-    import importlib
-    try:
-        encoders = importlib.import_module("lasagne_caption.encoders")
-        encoders.get_encoder
-    except (ImportError, AttributeError) as exc:
-        return dict(impl="encoding", skipped="lasagne_caption.encoders unavailable (%s)" % exc)
     import numpy as np
+    from . import encoders
     from .errors import UserError
     try:
         enc = encoders.get_encoder("mobilenet_v2", model_path=_encoder_model(spec))
