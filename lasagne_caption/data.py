@@ -352,7 +352,7 @@ def _write_dataset(out_dir, force, codes, captions, names, splits, source, featu
 
 # ---------------------------------------------------------------- prepare
 
-def encode_images(paths, features="logits"):
+def encode_images(paths, features="logits", model_path=None):
     """Codes for photos, from ``lasagne_caption.encoders`` when it is installed.
 
     Parameters
@@ -361,6 +361,8 @@ def encode_images(paths, features="logits"):
         Photo files.
     features : str
         Which code of the encoder (``logits`` or ``pool`` for MobileNetV2).
+    model_path : str, optional
+        MobileNetV2 ``.tflite`` file (default: the encoders' cache location).
 
     Returns
     -------
@@ -370,20 +372,22 @@ def encode_images(paths, features="logits"):
         Base names of those photos, in row order (unreadable ones are left out).
     """
     try:
-        from .encoders import encode_folder
+        from .encoders import encode_folder, get_encoder
     except ImportError:
         raise UserError("%d photos need codes, but there is no image encoder yet; "
                         "use precomputed codes (Flickr8k codes/, COCO --codes/--names)" % len(paths))
-    codes, names, _failed = encode_folder([os.fspath(p) for p in paths], features=features)
+    encoder = get_encoder("mobilenet_v2", model_path)
+    codes, names, _failed = encode_folder([os.fspath(p) for p in paths], encoder=encoder,
+                                          features=features)
     return codes, names
 
 
-def prepare_flickr8k(source, out_dir, features="logits", force=False):
+def prepare_flickr8k(source, out_dir, features="logits", force=False, model_path=None):
     """Make a dataset from a Flickr8k folder with the official split (dev -> val).
 
     Images without codes (in ``codes/``) or without captions are dropped with
     a warning. Without ``codes/``, the photos in ``images/`` go to
-    :func:`encode_images`.
+    :func:`encode_images` (MobileNetV2 from ``model_path``).
 
     Returns
     -------
@@ -402,7 +406,8 @@ def prepare_flickr8k(source, out_dir, features="logits", force=False):
             raise UserError("%s: %d rows but %s has %d names" % (
                 source / "codes" / FLICKR_FEATURES[features], len(codes), NAMES, len(code_names)))
     elif (source / "images").is_dir():
-        codes, code_names = encode_images(sorted((source / "images").glob("*.jpg")), features)
+        codes, code_names = encode_images(sorted((source / "images").glob("*.jpg")), features,
+                                          model_path)
     else:
         raise UserError("%s: neither codes/ nor images/ found" % source)
     row_of = {n: i for i, n in enumerate(code_names)}
@@ -601,6 +606,8 @@ def _parser():
         if kind == "flickr8k":
             sub.add_argument("--features", choices=sorted(FLICKR_FEATURES), default="logits",
                              help="which precomputed MobileNetV2 codes to use (default: logits)")
+            sub.add_argument("--model", help="MobileNetV2 .tflite file, to encode photos when "
+                                             "the source has no codes/")
         if kind == "coco":
             sub.add_argument("--codes", help="float .npy, one row per image (required)")
             sub.add_argument("--names", help="text file naming the image of each row "
@@ -619,6 +626,7 @@ def _parser():
     download.add_argument("--dest", default="data/downloads", help="where the zips go (default: data/downloads)")
     download.add_argument("--out", help="dataset folder to write (default: data/flickr8k)")
     download.add_argument("--force", action="store_true", help="replace an existing dataset folder")
+    download.add_argument("--model", help="MobileNetV2 .tflite file to encode the photos")
     download.add_argument("--base-url", default=None, help="mirror holding Flickr8k_text.zip and "
                           "Flickr8k_Dataset.zip (default: the jbrownlee/Datasets GitHub release)")
     return parser
@@ -648,9 +656,9 @@ def _run(args):
     if args.command == "download":
         from .download import BASE_URL, fetch_flickr8k
         source = fetch_flickr8k(args.dest, args.base_url or BASE_URL)
-        path = prepare_flickr8k(source, out, force=args.force)
+        path = prepare_flickr8k(source, out, force=args.force, model_path=args.model)
     elif args.kind == "flickr8k":
-        path = prepare_flickr8k(args.source, out, args.features, args.force)
+        path = prepare_flickr8k(args.source, out, args.features, args.force, args.model)
     elif args.kind == "coco":
         path = prepare_coco(args.source, out, args.codes, args.names, args.force)
     else:

@@ -7,6 +7,7 @@ import io
 import json
 import os
 import pickle
+import shutil
 import struct
 import sys
 import tarfile
@@ -348,3 +349,26 @@ def test_cli_prepare_and_info(tmp_path, capsys, monkeypatch):
     with pytest.raises(SystemExit):
         data.main(["prepare", "--help"])
     assert "seminar" in capsys.readouterr().out
+
+
+def test_photos_without_codes_are_encoded_with_mobilenet(flickr8k_dir, shared_dir, tmp_path):
+    # a Flickr8k-form folder with real photos and no codes/: preparation encodes them
+    real = load_dataset(prepare_flickr8k(flickr8k_dir, tmp_path / "real"))
+    chosen = real.image_names[:4]
+    source = tmp_path / "photos"
+    (source / "images").mkdir(parents=True)
+    for name in chosen:
+        shutil.copy(flickr8k_dir / "images" / name, source / "images" / name)
+    (source / "images" / "broken.jpg").write_bytes(b"not a jpeg")
+    token_lines = [line for line in (flickr8k_dir / "Flickr8k.token.txt").read_text().splitlines()
+                   if line.split("#")[0] in chosen]
+    (source / "Flickr8k.token.txt").write_text("\n".join(token_lines) + "\n")
+    for split, part in (("train", chosen[:2]), ("dev", chosen[2:3]), ("test", chosen[3:])):
+        (source / ("Flickr_8k.%sImages.txt" % split)).write_text("\n".join(part) + "\n")
+    model = shared_dir / "models" / "mobilenet_v2" / "mobilenet_v2_1.0_224_quant.tflite"
+    with pytest.warns(Warning):
+        encoded = load_dataset(prepare_flickr8k(source, tmp_path / "out", model_path=model))
+    assert encoded.image_names == sorted(chosen) and encoded.code_size == 1001
+    for name, row in zip(encoded.image_names, encoded.codes):
+        shared_row = real.codes[real.image_names.index(name)]
+        assert np.corrcoef(row, shared_row)[0, 1] > 0.99
