@@ -30,7 +30,12 @@ data: data/flickr8k/image_codes.npy
 train: setup data
 	$(PY) -m lasagne_caption.train --epochs $(EPOCHS)
 
-test: setup
+# the tests also check the PyTorch peer of the benchmark: the bench extra (CPU torch)
+$(VENV)/.bench-installed: $(VENV)/.installed
+	$(PY) -m pip install --quiet -e ".[test,bench]"
+	touch $@
+
+test: $(VENV)/.bench-installed
 	$(PY) -m pytest tests -q -p no:cacheprovider
 
 clean-venv:
