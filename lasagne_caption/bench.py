@@ -1,6 +1,6 @@
 """Speed benchmark: the toolkit's compiled train step against a PyTorch peer.
 
-    python -m lasagne_caption.bench [--shapes coco,flickr8k] [--steps 20] [--warmup 3]
+    python -m lasagne_caption.bench [--shapes coco,flickr8k] [--steps 20] [--rounds 3] [--warmup 3]
         [--threads N] [--no-cold-compile] [--generation] [--encoding] [--out FILE.md] [--json FILE]
 
 For every shape it runs, one after the other, each in its own subprocess
@@ -9,15 +9,19 @@ shared):
 
 * **theano**: builds ``CaptionModel`` (seeded weights), writes the weights and
   the batches to a temporary folder, computes the loss with dropout off
-  (``val_step``), compiles ``train_step`` (compile time with the persistent
-  cache) and times it;
+  (``val_step``), compiles the train steps the batches need (one per
+  unrolled length; compile time with the persistent cache) and times them;
+  it also counts the step's matrix-product FLOPs and measures the BLAS
+  speed, for the floor column;
 * **torch**: :mod:`lasagne_caption.torch_peer` with the same weights and
   batches: the same loss with dropout off, then the same Adam train step;
-* **theano-cold** (unless ``--no-cold-compile``): the ``train_step`` compile
-  with an empty ``base_compiledir``, i.e. what a first run on a new machine pays.
+* **theano-cold** (unless ``--no-cold-compile``): the same compiles with an
+  empty ``base_compiledir``, i.e. what a first run on a new machine pays.
 
-Timings are medians over ``--steps`` steps after ``--warmup`` steps, both
-sides cycling through the same batches, dropout on. Shapes:
+The two run alternately, ``--rounds`` times each, so that load from other
+processes falls on both. Timings are medians over every round's ``--steps``
+steps after ``--warmup`` steps, both sides cycling through the same batches,
+dropout on. Shapes:
 
 * ``coco``: the seminar's COCO shapes (batch 50, 16 steps, 10,373 words,
   1000-d codes), synthetic: random codes, captions of 8..16 tokens;
@@ -126,7 +130,49 @@ def _time_steps(step, batches, warmup, steps):
     return times, losses
 
 
+def train_step_flops(sentences, n_tokens, code_size, embed_size, units):
+    """FLOPs of the matrix products one train step needs, forward and backward.
+
+    Those every implementation of the same math must do: the output layer on
+    the real targets only (logits, their gradient to the hidden states and to
+    the weights), the recurrent product at every step (and its two gradient
+    products), the input-to-gates projection (three), and the image
+    projection (forward and weight gradient). Elementwise work, the softmax
+    and Adam are left out, so ``flops / gemm rate`` is a lower bound.
+    """
+    batch, steps = sentences.shape
+    real = int((sentences[:, 1:] != -1).sum())
+    return (3 * 2 * real * units * n_tokens
+            + 3 * 2 * batch * steps * units * 4 * units
+            + 3 * 2 * batch * steps * embed_size * 4 * units
+            + 2 * 2 * batch * code_size * units)
+
+
+def gemm_gflops(rows, inner, cols, repeats=10):
+    """Median float32 matrix-product speed of numpy's BLAS at one shape, GFLOP/s."""
+    import numpy as np
+    rng = np.random.RandomState(0)
+    a = rng.randn(rows, inner).astype("float32")
+    b = rng.randn(inner, cols).astype("float32")
+    times = []
+    for _ in range(repeats + 2):
+        t0 = time.perf_counter()
+        np.dot(a, b)
+        times.append(time.perf_counter() - t0)
+    return 2.0 * rows * inner * cols / _median(times[2:]) / 1e9
+
+
 # ---------------------------------------------------------------- workers
+
+def batches_key_order(batches, model):
+    """The compiled train steps the batches use, in order of first use."""
+    order = []
+    for _, sentences in batches:
+        key = model.train_function_key(sentences.shape[1])
+        if key not in order:
+            order.append(key)
+    return order
+
 
 def worker_theano(spec):
     """Build the model, save weights and batches for the torch worker, time train_step."""
@@ -152,13 +198,20 @@ def worker_theano(spec):
                  *model.get_param_values())
         _save_batches(os.path.join(spec["exchange"], "batches.npz"), batches)
     rss_base = _rss_mib()
+    # one compiled train step per unrolled length: the first batch's is what
+    # a user waits for, the others compile when their first batch comes
+    keys = batches_key_order(batches, model)
     t0 = time.perf_counter()
-    model._compile("train_step")
+    model.compile(keys[0])
     compile_s = time.perf_counter() - t0
+    for key in keys[1:]:
+        model.compile(key)
+    compile_all_s = time.perf_counter() - t0
     result = dict(impl="theano", shape=spec["shape"], n_tokens=len(vocab),
                   code_size=int(batches[0][0].shape[1]), batch=int(batches[0][0].shape[0]),
                   time_steps=[int(b[1].shape[1]) for b in batches],
-                  compile_s=compile_s, blas=theano.config.blas__ldflags or "none",
+                  compile_s=compile_s, compile_all_s=compile_all_s, train_functions=keys,
+                  blas=theano.config.blas__ldflags or "none",
                   theano_flags=os.environ.get("THEANO_FLAGS", ""),
                   compiledir=theano.config.base_compiledir,
                   threads=os.environ.get("OPENBLAS_NUM_THREADS", "default"))
@@ -169,10 +222,18 @@ def worker_theano(spec):
         result["peak_rss_mib"] = _rss_mib()
         return result
     t0 = time.perf_counter()
-    model._compile("val_step")
+    model.compile("val_step")
     result["val_compile_s"] = time.perf_counter() - t0
     result["loss_dropout_off"] = model.val_step(*batches[0])
     times, losses = _time_steps(model.train_step, batches, spec["warmup"], spec["steps"])
+    c = model.config
+    timed = [batches[i % len(batches)][1] for i in range(spec["warmup"],
+                                                           spec["warmup"] + spec["steps"])]
+    flops = [train_step_flops(b, c.n_tokens, c.code_size, c.embed_size, c.units) for b in timed]
+    real = int(np.mean([(b[:, 1:] != -1).sum() for b in timed]))
+    # the output layer's products dominate: their speed here sets the floor
+    result.update(gflop_per_step=float(np.median(flops)) / 1e9,
+                  gemm_gflops=gemm_gflops(real, c.units, c.n_tokens))
     result.update(ms=1000 * _median(times), ms_all=[1000 * t for t in times],
                   train_losses=losses, rss_start_mib=rss_start, rss_model_mib=rss_base,
                   peak_rss_mib=_rss_mib())
@@ -314,22 +375,42 @@ def _env_with_flags(extra_flags, threads=None):
     return env
 
 
+def _merge_round(row, impl, result):
+    """Keep the first round's result; pool the step times of every round."""
+    if impl not in row:
+        row[impl] = result
+    else:
+        row[impl]["ms_all"] += result["ms_all"]
+        row[impl]["peak_rss_mib"] = max(row[impl]["peak_rss_mib"], result["peak_rss_mib"])
+    row[impl]["ms"] = 1000 * _median([t / 1000.0 for t in row[impl]["ms_all"]])
+
+
 def bench_shape(shape, args, log, cold_compile=True):
     exchange = tempfile.mkdtemp(prefix="bench-%s-" % shape)
     spec = dict(shape=shape, steps=args.steps, warmup=args.warmup, seed=args.seed,
                 batch=args.batch_size, data=args.data, exchange=exchange)
-    row = dict(shape=shape)
+    row = dict(shape=shape, rounds=[])
     try:
-        log("[%s] toolkit (theano) ..." % shape)
-        row["theano"] = run_worker("theano", spec, _env_with_flags(args.theano_flags, args.threads))
-        if "error" in row["theano"]:
-            log("[%s] theano worker failed: %s" % (shape, row["theano"]["error"]))
-        elif args.torch and torch_available():
-            log("[%s] PyTorch peer ..." % shape)
-            row["torch"] = run_worker("torch", spec, _env_with_flags("", args.threads))
-        else:
-            row["torch"] = dict(impl="torch", skipped=TORCH_MISSING if args.torch
-                                else "--no-torch")
+        # alternate toolkit and peer: a neighbour's load then hits both sides alike
+        for r in range(1, args.rounds + 1):
+            log("[%s] round %d/%d: toolkit (theano) ..." % (shape, r, args.rounds))
+            th = run_worker("theano", spec, _env_with_flags(args.theano_flags, args.threads))
+            if "error" in th:
+                log("[%s] theano worker failed: %s" % (shape, th["error"]))
+                row["theano"] = th
+                break
+            _merge_round(row, "theano", th)
+            if args.torch and torch_available():
+                log("[%s] round %d/%d: PyTorch peer ..." % (shape, r, args.rounds))
+                to = run_worker("torch", spec, _env_with_flags("", args.threads))
+                if "error" in to:
+                    row["torch"] = to
+                    break
+                _merge_round(row, "torch", to)
+                row["rounds"].append((th["ms"], to["ms"]))
+            else:
+                row["torch"] = dict(impl="torch", skipped=TORCH_MISSING if args.torch
+                                    else "--no-torch")
         if cold_compile and "error" not in row["theano"]:
             cold_dir = tempfile.mkdtemp(prefix="bench-theano-cold-")
             try:
@@ -353,11 +434,33 @@ def _fmt(x, f="%.1f"):
     return "-" if x is None else f % x
 
 
+def _compile_cell(result):
+    """``first`` or ``first / all`` seconds: the first batch's train step, then every length's."""
+    first, total = result.get("compile_s"), result.get("compile_all_s")
+    if first is None:
+        return "-"
+    if total is None or len(result.get("train_functions", [])) < 2:
+        return "%.1f" % first
+    return "%.1f / %.1f (%d lengths)" % (first, total, len(result["train_functions"]))
+
+
+def _ratio_cell(t_ms, p_ms, rounds):
+    """The pooled ratio, then the range of the per-round ratios."""
+    if not (t_ms and p_ms):
+        return "-"
+    cell = "%.2f" % (t_ms / p_ms)
+    if len(rounds) > 1:
+        ratios = [a / b for a, b in rounds]
+        cell += " (rounds %.2f–%.2f)" % (min(ratios), max(ratios))
+    return cell
+
+
 def markdown(rows, encoding=None, torch_note=None):
     lines = ["| shape | batch × T | vocab | toolkit ms/step | PyTorch ms/step | toolkit / PyTorch "
              "| loss toolkit | loss PyTorch | loss diff | peak RSS toolkit MiB | peak RSS PyTorch MiB "
-             "| compile cached s | compile cold s |",
-             "|" + "---|" * 13]
+             "| compile cached s | compile cold s | GFLOP/step | BLAS GFLOP/s | floor ms "
+             "| toolkit / floor |",
+             "|" + "---|" * 17]
     notes = []
     for row in rows:
         th, to, cold = row.get("theano", {}), row.get("torch", {}), row.get("theano_cold", {})
@@ -372,13 +475,18 @@ def markdown(rows, encoding=None, torch_note=None):
             "%d × %d..%d" % (th["batch"], min(ts), max(ts))
         t_ms, p_ms = th.get("ms"), to.get("ms")
         l1, l2 = th.get("loss_dropout_off"), to.get("loss_dropout_off")
-        lines.append("| %s | %s | %d | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |" % (
+        floor = (1000 * th["gflop_per_step"] / th["gemm_gflops"]
+                 if th.get("gemm_gflops") else None)
+        lines.append("| %s | %s | %d | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s "
+                     "| %s | %s | %s | %s |" % (
             row["shape"], tdesc, th["n_tokens"], _fmt(t_ms), _fmt(p_ms),
-            _fmt(t_ms / p_ms if t_ms and p_ms else None, "%.2f"),
+            _ratio_cell(t_ms, p_ms, row.get("rounds", [])),
             _fmt(l1, "%.6f"), _fmt(l2, "%.6f"),
             _fmt(abs(l1 - l2) if l1 is not None and l2 is not None else None, "%.1e"),
             _fmt(th.get("peak_rss_mib"), "%.0f"), _fmt(to.get("peak_rss_mib"), "%.0f"),
-            _fmt(th.get("compile_s")), _fmt(cold.get("compile_s"))))
+            _compile_cell(th), _compile_cell(cold), _fmt(th.get("gflop_per_step"), "%.2f"),
+            _fmt(th.get("gemm_gflops"), "%.0f"), _fmt(floor),
+            _fmt(t_ms / floor if t_ms and floor else None, "%.2f")))
         if "skipped" in to:
             notes.append(to["skipped"])
     gen_rows = [r for r in rows if "generation" in r]
@@ -401,12 +509,18 @@ def markdown(rows, encoding=None, torch_note=None):
                       "| %s | %d | %.1f | %.1f |" % (encoding["encoder"], encoding["images"],
                                                      encoding["compile_s"],
                                                      encoding["images_per_s"])]
-    lines += ["", "Median of the timed steps after warm-up, dropout on; losses from the same "
+    lines += ["", "Median of the timed steps after warm-up (every round's steps pooled; "
+              "toolkit and PyTorch run alternately, one round each in turn), dropout on; losses from the same "
               "initial weights on the same batch with dropout off; peak RSS = the worker "
               "process's ru_maxrss (each implementation runs in its own process). Compile "
-              "cached = building train_step with the persistent cache filled; cold = with an "
-              "empty base_compiledir (measured on the first shape only: the compiled graph "
-              "does not depend on the shapes)."]
+              "cached = building the first batch's train step with the persistent cache "
+              "filled; cold = with an empty base_compiledir. The LSTM is unrolled for "
+              "lengths padded to a multiple of 8, one compiled step per length: 'first / "
+              "all' is the first batch's compile, then the total for every length the "
+              "timed batches needed. Floor = the step's matrix-product FLOPs "
+              "(bench.train_step_flops: output layer on real targets, LSTM, projections; "
+              "median over the timed batches) at the BLAS speed numpy measures here for "
+              "the output layer's shape; elementwise work, softmax and Adam are not in it."]
     for row in rows:
         th, to = row.get("theano", {}), row.get("torch", {})
         if "threads" in th or "threads" in to:
@@ -432,7 +546,11 @@ def parser():
                         "data in --data) (default: %(default)s)")
     p.add_argument("--data", default="data/flickr8k",
                    help="prepared Flickr8k folder (default: %(default)s)")
-    p.add_argument("--steps", type=int, default=20, help="timed steps (default: %(default)s)")
+    p.add_argument("--steps", type=int, default=20,
+                   help="timed steps per round (default: %(default)s)")
+    p.add_argument("--rounds", type=int, default=3,
+                   help="toolkit and PyTorch run alternately this many times; the medians "
+                        "pool every round's steps (default: %(default)s)")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first (default: %(default)s)")
     p.add_argument("--batch-size", type=int, default=50,
                    help="flickr8k batch size (coco is always 50) (default: %(default)s)")
@@ -486,9 +604,7 @@ def main(argv=None):
     load = os.getloadavg()[0]
     log("load average %.1f on %d cores%s" % (load, os.cpu_count() or 1,
         ": other processes are running, timings will be noisy" if load > 0.5 else ""))
-    # the compiled graph is the same for every shape: one cold compile is enough
-    rows = [bench_shape(s, args, log, cold_compile=args.cold_compile and i == 0)
-            for i, s in enumerate(shapes)]
+    rows = [bench_shape(s, args, log, cold_compile=args.cold_compile) for s in shapes]
     for row in rows:
         row["load_average"] = load
     encoding = None

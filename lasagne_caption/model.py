@@ -7,12 +7,18 @@ Network (defaults are the seminar's)::
         ► BroadcastLayer(0, 1) ► Dense(n_tokens, softmax) ► UnbroadcastLayer
         = next-word probabilities (batch, time, n_tokens)
 
+Training unrolls the LSTM for batches up to ``UNROLL_MAX`` steps (padded to
+a multiple of ``UNROLL_MULTIPLE``; one compiled train step per length) and
+computes the output layer on real targets only; validation and generation
+use scan. Same loss and gradients either way (tests/test_model.py).
+
 Options (off by default): embedding / LSTM sizes, the image fed as the
 first input step instead of the cell state (Show and Tell), a GRU instead of
 the LSTM, embeddings initialised from a GloVe file (frozen or trainable).
 """
 import dataclasses
 import json
+from collections import OrderedDict
 
 import lasagne
 import numpy as np
@@ -174,23 +180,92 @@ def masked_cross_entropy(probabilities, sentences):
     return T.sum(nll * mask) / T.maximum(T.sum(mask), 1)
 
 
-def fast_masked_cross_entropy(net, deterministic=False):
+UNROLL_MULTIPLE = 8   # train batches are padded to a multiple of this many steps
+UNROLL_MAX = 48       # longer batches use scan: longer graphs take minutes to optimise
+
+
+def unrolled_length(n_steps):
+    """The padded length a batch of ``n_steps`` trains with, or None for scan."""
+    padded = -(-n_steps // UNROLL_MULTIPLE) * UNROLL_MULTIPLE
+    return padded if padded <= UNROLL_MAX else None
+
+
+def unrolled_decoder_steps(net, n_steps, deterministic=False):
+    """``net["decoder_steps"]`` for sentences of exactly ``n_steps``, without scan.
+
+    The same step function and masking as the decoder's scan, written out
+    step by step in the graph: Theano then compiles the whole sequence into
+    one C program, where scan runs a Python loop with an inner function
+    call (and its own gradient scan) per step.
+    """
+    decoder = net["decoder"]
+    inputs = lasagne.layers.get_output(decoder.input_layers, deterministic=deterministic)
+    steps = decoder.precompute_input(inputs[0].dimshuffle(1, 0, 2))
+    states = decoder.initial_states(inputs, steps.shape[1])
+    mask = inputs[decoder.mask_incoming_index].dimshuffle(1, 0, 'x')
+    skip = 1 if net["decoder_steps"] is not decoder else 0   # Show and Tell's image step
+    hidden = []
+    for t in range(n_steps + skip):
+        new = decoder.step(steps[t], *states)
+        # a padded step keeps the previous state, as in the scan
+        states = [T.switch(mask[t], n, p) for n, p in zip(new, states)]
+        hidden.append(states[-1])
+    return T.stack(hidden[skip:], axis=1)
+
+
+def fast_masked_cross_entropy(net, deterministic=False, n_steps=None):
     """The same loss as :func:`masked_cross_entropy`, computed on real tokens only.
 
     The output layer (hidden → n_tokens softmax) is most of a training step.
     Padding positions are masked out of the loss anyway, so this applies it
     only to the rows whose target is a real word, and computes the softmax
     cross-entropy with :class:`~lasagne_caption.ops.SoftmaxNLL`: the same
-    loss and the same gradients, with less work.
+    loss and the same gradients, with less work. With ``n_steps`` the graph
+    is for sentences of exactly that length, with the LSTM unrolled
+    (:func:`unrolled_decoder_steps`).
     """
     sentences = net["sentences"]
-    hidden = lasagne.layers.get_output(net["decoder_steps"], deterministic=deterministic)
+    if n_steps:
+        hidden = unrolled_decoder_steps(net, n_steps, deterministic)
+    else:
+        hidden = lasagne.layers.get_output(net["decoder_steps"], deterministic=deterministic)
     hidden = hidden[:, :-1].reshape((-1, hidden.shape[-1]))
     targets = sentences[:, 1:].flatten()
     real = T.neq(targets, PAD_IX).nonzero()[0]
     output = net["output"]
     nll = SoftmaxNLL()(T.dot(hidden[real], output.W), output.b, targets[real])[0]
     return T.sum(nll) / T.maximum(real.shape[0], 1)
+
+
+def adam_state(params):
+    """Zero Adam state for ``params``: ``[m_0, v_0, m_1, v_1, ..., t]`` as in Lasagne 0.1."""
+    state = []
+    for p in params:
+        value = p.get_value(borrow=True)
+        state += [theano.shared(np.zeros(value.shape, dtype=value.dtype),
+                                broadcastable=p.broadcastable) for _ in range(2)]
+    return state + [theano.shared(lasagne.utils.floatX(0.))]
+
+
+def adam(loss, params, state, learning_rate=1e-3, beta1=0.9, beta2=0.999, epsilon=1e-8):
+    """``lasagne.updates.adam`` (0.1) on a given :func:`adam_state`.
+
+    Several compiled train steps (one per unrolled length) then update the
+    same moments, as one optimiser would.
+    """
+    grads = theano.grad(loss, params)
+    t_prev = state[-1]
+    t = t_prev + 1
+    a_t = learning_rate * T.sqrt(1 - beta2 ** t) / (1 - beta1 ** t)
+    updates = OrderedDict()
+    for param, g_t, m_prev, v_prev in zip(params, grads, state[0::2], state[1::2]):
+        m_t = beta1 * m_prev + (1 - beta1) * g_t
+        v_t = beta2 * v_prev + (1 - beta2) * g_t ** 2
+        updates[m_prev] = m_t
+        updates[v_prev] = v_t
+        updates[param] = param - a_t * m_t / (T.sqrt(v_t) + epsilon)
+    updates[t_prev] = t
+    return updates
 
 
 def training_mode():
@@ -246,22 +321,35 @@ class CaptionModel(object):
 
     @property
     def optimizer_state(self):
-        """Adam's shared variables (step count, first and second moments)."""
-        self._compile("train_step")
+        """Adam's shared variables ``[m_0, v_0, ..., t]`` (Lasagne 0.1's order)."""
+        if self._optimizer_state is None:
+            self._optimizer_state = adam_state(self.trainable)
         return self._optimizer_state
 
     # -- compiled functions -----------------------------------------------
-    def _compile(self, name):
+    def train_function_key(self, n_steps):
+        """Which compiled train step a batch of ``n_steps`` uses (see :meth:`train_step`)."""
+        padded = unrolled_length(n_steps)
+        return "train_step" if padded is None else "train_step_%d" % padded
+
+    def is_compiled(self, name):
+        return name in self._functions
+
+    def compile(self, name):
+        """The named compiled function, compiled on first use.
+
+        ``train_step_N`` (LSTM unrolled for N steps), ``train_step`` (scan,
+        any length), ``val_step`` or ``probabilities``.
+        """
         if name in self._functions:
             return self._functions[name]
         codes, sentences = self.net["image_codes"], self.net["sentences"]
-        if name == "train_step":
-            loss = fast_masked_cross_entropy(self.net)
-            updates = lasagne.updates.adam(loss, self.trainable, self.learning_rate)
-            self._optimizer_state = [v for v in updates if v not in set(self.trainable)]
+        if name.startswith("train_step"):
+            n_steps = int(name.rsplit("_", 1)[1]) if name != "train_step" else None
+            loss = fast_masked_cross_entropy(self.net, n_steps=n_steps)
+            updates = adam(loss, self.trainable, self.optimizer_state, self.learning_rate)
             fn = theano.function([codes, sentences], loss, updates=updates,
-                                 allow_input_downcast=True, name="train_step",
-                                 mode=training_mode())
+                                 allow_input_downcast=True, name=name, mode=training_mode())
         elif name == "val_step":
             loss = fast_masked_cross_entropy(self.net, deterministic=True)
             fn = theano.function([codes, sentences], loss, allow_input_downcast=True,
@@ -276,14 +364,27 @@ class CaptionModel(object):
         return fn
 
     def train_step(self, image_codes, sentences):
-        return float(self._compile("train_step")(image_codes, sentences))
+        """One Adam step on a batch; returns its loss.
+
+        Batches up to ``UNROLL_MAX`` steps are padded to a multiple of
+        ``UNROLL_MULTIPLE`` and run an unrolled LSTM compiled for that
+        length (compiled on first use); padded steps have no target and keep
+        the state, so the loss and gradients are those of the batch as given.
+        """
+        sentences = np.asarray(sentences, dtype="int32")
+        padded = unrolled_length(sentences.shape[1])
+        if padded is not None and padded != sentences.shape[1]:
+            sentences = np.pad(sentences, ((0, 0), (0, padded - sentences.shape[1])),
+                               constant_values=PAD_IX)
+        fn = self.compile(self.train_function_key(sentences.shape[1]))
+        return float(fn(image_codes, sentences))
 
     def val_step(self, image_codes, sentences):
-        return float(self._compile("val_step")(image_codes, sentences))
+        return float(self.compile("val_step")(image_codes, sentences))
 
     def probabilities(self, image_codes, sentences):
         """Next-word probabilities (batch, time, n_tokens), dropout off."""
-        return self._compile("probabilities")(image_codes, sentences)
+        return self.compile("probabilities")(image_codes, sentences)
 
     def describe(self):
         n = sum(int(np.prod(p.get_value(borrow=True).shape)) for p in self.params)

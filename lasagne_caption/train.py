@@ -16,6 +16,7 @@ import sys
 import time
 
 import numpy as np
+from tqdm import tqdm
 
 from . import checkpoint as ckpt
 from .data import generate_batch, iterate_captions, load_dataset
@@ -95,30 +96,50 @@ def _compile_record():
     return os.path.join(cache_dir(), "compile_seconds.json")
 
 
-def compile_notice():
-    """Say how long compiling will take: the last time measured here, or a first-time estimate."""
+# measured with `python -m lasagne_caption.bench` (cold compile column), see README
+FIRST_COMPILE_ESTIMATE = "about 1.5-2 minutes"
+
+
+def _compile_times():
     import json
-    import theano
     try:
         with open(_compile_record()) as f:
-            last = json.load(f)["train"]
-    except (OSError, ValueError, KeyError):
-        last = None
-    if last is None:
-        print("Compiling the training functions. The first time on a machine this takes "
-              "about 2-4 minutes on 2 cores while Theano writes and compiles C code; it is "
-              "cached in %s and later runs take well under a minute." % theano.config.compiledir,
-              flush=True)
-    else:
-        print("Compiling the training functions (last time on this machine: %.0f s; the C "
-              "code is cached in %s)..." % (last, theano.config.compiledir), flush=True)
+            times = json.load(f)
+        return times if isinstance(times, dict) else {}
+    except (OSError, ValueError):
+        return {}
 
 
-def record_compile_time(seconds):
+def compile_with_notice(model, name):
+    """Compile ``model.compile(name)`` if needed, saying first how long it will take.
+
+    The estimate is the last compile of that kind measured on this machine;
+    the first time, the measured cold-cache figure (Theano writes and
+    compiles its C code once, into ``theano.config.compiledir``).
+    """
     import json
+    import theano
+    if model.is_compiled(name):
+        return
+    kind = "val_step" if name == "val_step" else "train_step"
+    what = {"val_step": "the validation loss",
+            "train_step": "the train step for captions of any length (scan)"}.get(
+        name, "the train step for captions of up to %s words" % name.rsplit("_", 1)[-1])
+    times = _compile_times()
+    if kind in times:
+        estimate = "last time on this machine: %.0f s" % times[kind]
+    else:
+        estimate = ("the first time on a machine this takes %s on 2 cores while Theano "
+                    "compiles C code into %s; later runs reuse it"
+                    % (FIRST_COMPILE_ESTIMATE, theano.config.compiledir))
+    tqdm.write("compiling %s (%s) ..." % (what, estimate))
+    started = time.time()
+    model.compile(name)
+    seconds = time.time() - started
+    tqdm.write("compiled in %.0f s" % seconds)
+    times[kind] = round(seconds, 1)
     try:
-        atomic_write(_compile_record(), lambda f: json.dump({"train": round(seconds, 1)}, f),
-                     text=True)
+        atomic_write(_compile_record(), lambda f: json.dump(times, f), text=True)
     except OSError:
         pass   # a read-only cache only costs the estimate
 
@@ -160,7 +181,6 @@ def validation_batches(dataset, model, args):
 
 def train(args):
     """Run (or resume) training as the command-line options say; returns the model."""
-    from tqdm import tqdm
     import pandas as pd
 
     dataset = load_dataset(args.data)
@@ -190,12 +210,7 @@ def train(args):
     if meta is not None:
         print("resuming from %s at epoch %d" % (args.checkpoint, start_epoch))
 
-    compile_notice()
-    started = time.time()
     optimizer = model.optimizer_state
-    model._compile("val_step")
-    record_compile_time(time.time() - started)
-    print("compiled in %.0f s" % (time.time() - started), flush=True)
     if meta is not None:
         values = ckpt.load_optimizer_state(args.checkpoint)
         if len(values) != len(optimizer):
@@ -233,9 +248,12 @@ def train(args):
             for _ in bar:
                 batch = generate_batch(train_codes, train_captions, model.vocab,
                                        args.batch_size, rng, args.max_caption_len)
+                compile_with_notice(model, model.train_function_key(batch[1].shape[1]))
                 losses.append(model.train_step(*batch))
                 step += 1
                 bar.set_postfix(loss="%.3f" % losses[-1])
+            if val:
+                compile_with_notice(model, "val_step")
             val_loss = float(np.mean([model.val_step(*b) for b in val])) if val else float("nan")
             row = {"epoch": epoch, "train_loss": float(np.mean(losses)), "val_loss": val_loss,
                    "seconds": round(time.time() - t0, 2), "step": step}

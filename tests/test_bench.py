@@ -129,3 +129,15 @@ def test_bench_help():
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "--generation" in proc.stdout and "--json" in proc.stdout
+
+
+def test_train_step_flops_counts_the_products_by_hand():
+    sentences = np.array([[1, 5, 2, -1], [1, 6, 7, 2]], "int32")     # 2 + 3 real targets
+    n_tokens, code_size, embed, units = 10, 3, 2, 4
+    output = 3 * 2 * 5 * units * n_tokens            # logits, d hidden, d W on real targets
+    recurrent = 4 * 3 * 2 * 2 * units * 4 * units   # 4 steps, 3 products of (2, 4) x (4, 16)
+    inputs = 3 * 2 * 8 * embed * 4 * units           # 8 (step, caption) rows
+    image = 2 * 2 * 2 * code_size * units            # forward and d W only
+    assert bench.train_step_flops(sentences, n_tokens, code_size, embed, units) == \
+        output + recurrent + inputs + image
+    assert bench.gemm_gflops(8, 8, 8, repeats=2) > 0

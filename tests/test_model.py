@@ -170,3 +170,57 @@ def test_bad_glove_file_is_one_line(tmp_path, tiny_model):
     bad.write_text("the 0.1 0.2\ncat 0.1\n")
     with pytest.raises(UserError, match="g.txt: line 2 has 1 numbers, expected 2"):
         read_glove(bad, tiny_model.vocab)
+
+
+def _twin_models(tiny_model, **options):
+    """Two identical networks (dropout off) for comparing train step implementations."""
+    config = NetworkConfig(tiny_model.config.n_tokens, tiny_model.config.code_size,
+                           embed_size=8, units=16, dropout=0.0, **options)
+    models = []
+    for _ in range(2):
+        lasagne.random.set_rng(np.random.RandomState(3))
+        models.append(CaptionModel(config, tiny_model.vocab, learning_rate=0.01))
+    return models
+
+
+@pytest.mark.parametrize("options", [dict(), dict(image_inject="first_input", cell="gru")])
+def test_unrolled_train_step_equals_the_scan_train_step(tiny_model, options):
+    scan, unrolled = _twin_models(tiny_model, **options)
+    codes = _codes(tiny_model)
+    assert unrolled.train_function_key(SENTENCES.shape[1]) == "train_step_8"
+    for _ in range(2):
+        loss_scan = scan.compile("train_step")(codes, SENTENCES)   # scan, no padding
+        loss_unrolled = unrolled.train_step(codes, SENTENCES)      # padded to 8 steps
+        assert loss_unrolled == pytest.approx(float(loss_scan), rel=1e-5)
+    for a, b in zip(scan.get_param_values() + [v.get_value() for v in scan.optimizer_state],
+                    unrolled.get_param_values()
+                    + [v.get_value() for v in unrolled.optimizer_state]):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+    assert sorted(unrolled._functions) == ["train_step_8"]
+
+
+def test_unrolled_lengths_are_multiples_of_eight_up_to_the_limit():
+    from lasagne_caption.model import UNROLL_MAX, unrolled_length
+    assert [unrolled_length(n) for n in (1, 8, 9, 16, 17)] == [8, 8, 16, 16, 24]
+    assert unrolled_length(UNROLL_MAX) == UNROLL_MAX
+    assert unrolled_length(UNROLL_MAX + 1) is None     # scan: any length, one compile
+
+
+def test_adam_equals_lasagne_adam():
+    from lasagne_caption.model import adam, adam_state
+    rng = np.random.RandomState(0)
+    initial = [rng.randn(3, 2).astype("float32"), rng.randn(2).astype("float32")]
+    results = []
+    for ours in (True, False):
+        params = [theano.shared(v.copy()) for v in initial]
+        loss = T.sum(T.sqr(params[0])) + T.sum(T.exp(params[1]))
+        if ours:
+            updates = adam(loss, params, adam_state(params), learning_rate=0.1)
+        else:
+            updates = lasagne.updates.adam(loss, params, learning_rate=0.1)
+        step = theano.function([], loss, updates=updates)
+        for _ in range(3):
+            step()
+        results.append([v.get_value() for v in updates])     # params and Adam state
+    for a, b in zip(*results):
+        np.testing.assert_allclose(a, b, rtol=1e-6)

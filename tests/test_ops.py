@@ -1,9 +1,15 @@
-"""SoftmaxNLL: the same values and gradients as Theano's own softmax cross-entropy."""
+"""The toolkit's Theano ops compute what Theano's own expressions compute.
+
+SoftmaxNLL against Theano's softmax cross-entropy; LSTMCell (C code for
+float32, numpy for float64) against ``LSTMLayer.step``'s math written in
+Theano, values and gradients.
+"""
 import numpy as np
+import pytest
 import theano
 import theano.tensor as T
 
-from lasagne_caption.ops import SoftmaxNLL
+from lasagne_caption.ops import LSTMCell, SoftmaxNLL
 
 
 def test_values_and_gradients_match_theano():
@@ -28,3 +34,66 @@ def test_large_logits_do_not_overflow():
     f = theano.function([x], SoftmaxNLL()(x, T.zeros((3,)), T.constant([0], dtype="int32"))[0])
     out = f(np.array([[1000.0, 0.0, -1000.0]], "float32"))
     np.testing.assert_allclose(out, [0.0], atol=1e-6)
+
+
+def _lstm_cell_and_grads(dtype, fused, units, upstream):
+    """cell, hid and the gradients of sum(cell * dc + hid * dh) w.r.t. every input."""
+    gates, c_prev = T.matrix(dtype=dtype), T.matrix(dtype=dtype)
+    w_ci, w_cf, w_co = [T.vector(dtype=dtype) for _ in range(3)]
+    inputs = [gates, c_prev, w_ci, w_cf, w_co]
+    if fused:
+        cell, hid = LSTMCell()(*inputs)[:2]
+    else:
+        u = units
+        ingate = T.nnet.sigmoid(gates[:, :u] + c_prev * w_ci)
+        forgetgate = T.nnet.sigmoid(gates[:, u:2 * u] + c_prev * w_cf)
+        cell = forgetgate * c_prev + ingate * T.tanh(gates[:, 2 * u:3 * u])
+        hid = (T.nnet.sigmoid(gates[:, 3 * u:]) + cell * w_co) * T.tanh(cell)
+    d_cell, d_hid = (T.constant(g.astype(dtype)) for g in upstream)
+    cost = T.sum(cell * d_cell) + T.sum(hid * d_hid)
+    return theano.function(inputs, [cell, hid] + T.grad(cost, inputs))
+
+
+@pytest.mark.parametrize("dtype, rtol", [("float32", 1e-5), ("float64", 1e-12)])
+def test_lstm_cell_matches_the_theano_expression(dtype, rtol):
+    rng = np.random.RandomState(0)
+    batch, units = 7, 13
+    values = [3 * rng.randn(batch, 4 * units), rng.randn(batch, units),
+              rng.randn(units), rng.randn(units), rng.randn(units)]
+    upstream = rng.randn(batch, units), rng.randn(batch, units)
+    reference = _lstm_cell_and_grads("float64", False, units, upstream)(*values)
+    ours = _lstm_cell_and_grads(dtype, True, units, upstream)(*[v.astype(dtype) for v in values])
+    names = ["cell", "hid", "d gates", "d cell", "d w_ci", "d w_cf", "d w_co"]
+    for name, a, b in zip(names, ours, reference):
+        assert a.dtype == dtype
+        np.testing.assert_allclose(a, b, rtol=rtol, atol=rtol, err_msg=name)
+
+
+def test_lstm_cell_nonlinearities_are_accurate_over_the_whole_range():
+    # gates = (0, 0, x, 0), zero cell and peepholes: saved = (1/2, 1/2, tanh x, 1/2, tanh(tanh(x) / 2))
+    x = np.concatenate([np.linspace(-30, 30, 20001), [-1e-6, 1e-6, -100, 100]]).astype("float32")
+    gates = np.zeros((len(x), 4), "float32")
+    gates[:, 2] = x
+    zeros = np.zeros(1, "float32")
+    f = theano.function([], LSTMCell()(gates, np.zeros((len(x), 1), "float32"),
+                                       zeros, zeros, zeros)[2])
+    saved = f()
+    np.testing.assert_allclose(saved[:, [0, 1, 3]], 0.5, rtol=1e-7)
+    np.testing.assert_allclose(saved[:, 2], np.tanh(x.astype("float64")), rtol=2e-6, atol=1e-7)
+    np.testing.assert_allclose(saved[:, 4], np.tanh(np.tanh(x.astype("float64")) / 2), rtol=2e-6,
+                               atol=1e-7)
+
+
+def test_lstm_cell_gradient_is_verified_numerically():
+    rng = np.random.RandomState(1)
+    values = [rng.randn(3, 8), rng.randn(3, 2), rng.randn(2), rng.randn(2), rng.randn(2)]
+    theano.gradient.verify_grad(lambda *a: T.sum(LSTMCell()(*a)[1]) + T.sum(LSTMCell()(*a)[0]),
+                                values, rng=rng)
+
+
+def test_lstm_cell_rejects_mismatched_shapes():
+    gates, c_prev = T.matrix(), T.matrix()
+    w = T.vector()
+    f = theano.function([gates, c_prev, w], LSTMCell()(gates, c_prev, w, w, w)[1])
+    with pytest.raises(ValueError, match="LSTMCell"):
+        f(np.zeros((2, 12), "float32"), np.zeros((2, 4), "float32"), np.zeros(4, "float32"))

@@ -108,10 +108,26 @@ def test_missing_dataset_is_a_one_line_error(tmp_path):
 
 
 def test_compile_notice_quotes_the_last_measured_time(tmp_path, monkeypatch, capsys):
-    from lasagne_caption.train import compile_notice, record_compile_time
+    from lasagne_caption.train import compile_with_notice
+
+    class Model:            # compile_with_notice needs only these two methods
+        compiled = []
+
+        def is_compiled(self, name):
+            return name in self.compiled
+
+        def compile(self, name):
+            time.sleep(0.05)
+            self.compiled.append(name)
+
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    compile_notice()
-    assert "The first time on a machine this takes about 2-4 minutes" in capsys.readouterr().out
-    record_compile_time(42.4)
-    compile_notice()
-    assert "last time on this machine: 42 s" in capsys.readouterr().out
+    model = Model()
+    compile_with_notice(model, "train_step_24")
+    out = capsys.readouterr().out
+    assert "train step for captions of up to 24 words" in out and "the first time" in out
+    compile_with_notice(model, "train_step_24")               # already compiled: silent
+    assert capsys.readouterr().out == ""
+    compile_with_notice(model, "train_step_32")
+    assert "last time on this machine: 0 s" in capsys.readouterr().out
+    compile_with_notice(model, "val_step")                    # another kind: no estimate yet
+    assert "the first time" in capsys.readouterr().out

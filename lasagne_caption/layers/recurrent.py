@@ -15,6 +15,8 @@ import theano.tensor as T
 from lasagne import init, nonlinearities
 from lasagne.layers import Gate, Layer, MergeLayer
 
+from ..ops import LSTMCell
+
 
 class _RecurrentBase(MergeLayer):
     """Incomings: the input, then the optional mask, then any init Layers.
@@ -166,6 +168,10 @@ class LSTMLayer(_RecurrentBase):
     backwards, learn_init, gradient_steps, only_return_final
         As in Lasagne.
 
+    With peepholes and the default nonlinearities (the seminar's LSTM) a
+    step runs as one C op, :class:`lasagne_caption.ops.LSTMCell`; the math
+    is the same.
+
     Output: (batch, time, num_units), or (batch, num_units) with
     ``only_return_final``.
 
@@ -217,8 +223,20 @@ class LSTMLayer(_RecurrentBase):
     def precompute_input(self, input):
         return T.dot(input, self._stacked("W_in_to_")) + self._stacked("b_", axis=0)
 
+    def _fused(self):
+        # the seminar's LSTM (peepholes, default nonlinearities): one C op per step
+        return self.peepholes and (
+            self.nonlinearity_ingate, self.nonlinearity_forgetgate, self.nonlinearity_cell,
+            self.nonlinearity_outgate, self.nonlinearity) == (
+            nonlinearities.sigmoid, nonlinearities.sigmoid, nonlinearities.tanh,
+            nonlinearities.sigmoid, nonlinearities.tanh)
+
     def step(self, input_n, cell_previous, hid_previous):
         gates = self._clip(input_n + T.dot(hid_previous, self._stacked("W_hid_to_")))
+        if self._fused():
+            cell, hid = LSTMCell()(gates, cell_previous, self.W_cell_to_ingate,
+                                   self.W_cell_to_forgetgate, self.W_cell_to_outgate)[:2]
+            return [cell, hid]
         ingate, forgetgate, cell_input, outgate = [self._slice(gates, n) for n in range(4)]
         if self.peepholes:
             ingate += cell_previous * self.W_cell_to_ingate
