@@ -16,7 +16,7 @@ import numpy as np
 import theano.tensor as T
 from theano.gradient import DisconnectedType
 from theano.graph.basic import Apply
-from theano.graph.op import COp, Op
+from theano.graph.op import COp
 from theano.graph.utils import MethodNotDefined
 
 
