@@ -254,7 +254,7 @@ def worker_torch(spec):
     n_tokens, code_size = values[-1].shape[0], values[1].shape[0]
     units = values[-2].shape[0]              # output.W is (units, n_tokens)
     net = TorchCaptionNet(n_tokens, code_size, values[0].shape[1], units,
-                          dropout=0.5, grad_clipping=5.0)
+                          dropout=0.5, grad_clipping=10.0)   # the seminar network's (model.NetworkConfig)
     net.set_param_values(values)
     trainer = TorchTrainer(net, learning_rate=1e-3)
     loss0 = trainer.val_step(*batches[0])

@@ -23,6 +23,7 @@ import io
 import json
 import os
 import pickle
+import zipfile
 
 import numpy as np
 
@@ -45,7 +46,9 @@ def safe_load_arrays(path):
     except safe_pickle.Refused as exc:
         raise UserError("%s: not a plain parameter pickle (%s); refusing to load it"
                         % (path, exc))
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError) as exc:
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError,
+            IndexError, KeyError, OverflowError, MemoryError, RecursionError,
+            UnicodeDecodeError) as exc:
         raise UserError("%s: truncated or corrupt parameter pickle (%s)"
                         % (path, type(exc).__name__))
     if isinstance(values, tuple):
@@ -53,6 +56,10 @@ def safe_load_arrays(path):
     if not isinstance(values, list) or not all(isinstance(v, np.ndarray) for v in values):
         raise UserError("%s: expected a list of numpy arrays, found %s"
                         % (path, type(values).__name__))
+    for i, v in enumerate(values):
+        if v.dtype.kind not in "fiu":
+            raise UserError("%s: parameter %d holds %s values, not numbers"
+                            % (path, i, v.dtype))
     return values
 
 
@@ -98,6 +105,11 @@ def load_metadata(path):
             metadata = json.load(f)
     except (ValueError, UnicodeDecodeError) as exc:
         raise UserError("%s: metadata is not valid JSON (%s)" % (meta_file, exc))
+    except OSError as exc:
+        raise UserError("%s: cannot read metadata (%s)" % (meta_file, exc.strerror))
+    if not isinstance(metadata, dict):
+        raise UserError("%s: metadata must be a JSON object, not %s"
+                        % (meta_file, type(metadata).__name__))
     digest = file_digest(path)
     if metadata.get("params_sha256") != digest:
         # killed between replacing the parameters and their metadata:
@@ -115,7 +127,7 @@ def _load_state_file(path, digest):
     try:
         with np.load(state_file, allow_pickle=False) as data:
             return {k: data[k] for k in data.files}
-    except (ValueError, OSError, EOFError) as exc:
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
         raise UserError("%s: unreadable optimizer state (%s)" % (state_file, exc))
 
 
@@ -126,9 +138,75 @@ def load_optimizer_state(path):
     return [state[k] for k in keys]
 
 
+# "lasagne-caption checkpoint 1": version 0.1 of this toolkit, whose LSTM
+# computed PyPI Lasagne 0.1's output gate; 2: Lasagne master's (the seminar's),
+# recorded as network.lstm_variant
+FORMAT = "lasagne-caption checkpoint 2"
+FORMAT_LASAGNE_01_LSTM = "lasagne-caption checkpoint 1"
+
+
+def config_from_metadata(metadata, path):
+    """The :class:`~lasagne_caption.model.NetworkConfig` and vocabulary a metadata dict names.
+
+    A checkpoint of format 1 was trained with Lasagne 0.1's LSTM: it gets
+    that variant, so it keeps computing what it was trained to compute.
+    Anything malformed, or from a newer version, raises :class:`UserError`
+    naming the metadata file.
+    """
+    from .model import NetworkConfig
+    from .vocab import Vocabulary
+    where = metadata_path(path)
+    if not isinstance(metadata, dict):
+        raise UserError("%s: metadata must be a JSON object, not %s"
+                        % (where, type(metadata).__name__))
+    fmt = metadata.get("format", FORMAT_LASAGNE_01_LSTM)
+    if fmt not in (FORMAT, FORMAT_LASAGNE_01_LSTM):
+        raise UserError("%s: unknown format %r (this version reads %r): written by a newer "
+                        "lasagne-caption?" % (where, fmt, FORMAT))
+    options = metadata.get("network")
+    if not isinstance(options, dict):
+        raise UserError("%s: 'network' must be a JSON object of network options, not %s"
+                        % (where, type(options).__name__))
+    if fmt == FORMAT_LASAGNE_01_LSTM:
+        if "lstm_variant" in options:
+            raise UserError("%s: format 1 metadata cannot name an lstm_variant" % where)
+        options = dict(options, lstm_variant="lasagne-0.1")
+    try:
+        config = NetworkConfig.from_dict(options)
+    except UserError as exc:
+        raise UserError("%s: %s" % (where, exc))
+    except TypeError as exc:   # a wrong argument count or name
+        raise UserError("%s: bad network options (%s)" % (where, exc))
+    words = metadata.get("vocabulary")
+    if not isinstance(words, list) or not all(isinstance(w, str) for w in words):
+        raise UserError("%s: 'vocabulary' must be a list of words" % where)
+    try:
+        vocabulary = Vocabulary(words)
+    except (UserError, ValueError, TypeError) as exc:
+        raise UserError("%s: bad vocabulary (%s)" % (where, exc))
+    if len(vocabulary) != config.n_tokens:
+        raise UserError("%s: the vocabulary has %d words, the network %d"
+                        % (where, len(vocabulary), config.n_tokens))
+    return config, vocabulary
+
+
+def check_param_shapes(values, config, path):
+    """Refuse parameter arrays that do not fit ``config``, before a network is built."""
+    from .model import param_shapes
+    expected = param_shapes(config)
+    if len(values) != len(expected):
+        raise UserError("%s: %d parameter arrays, the network in its metadata has %d"
+                        % (path, len(values), len(expected)))
+    for i, (value, shape) in enumerate(zip(values, expected)):
+        if tuple(value.shape) != shape:
+            raise UserError("%s: parameter %d has shape %s, the network in its metadata "
+                            "expects %s" % (path, i, tuple(value.shape), shape))
+
+
 def seminar_config(values, vocab, path):
     """The seminar network's options read off a bare ``wrote_net.params``.
 
+    The seminar ran on Lasagne master, so its LSTM is master's (the default).
     Only the seminar's layout (image as the LSTM's cell state) is recognised:
     parameter 0 is the embedding (n_tokens, embed), parameter 1 the image
     projection (code_size, units).
@@ -161,18 +239,15 @@ def load_model(path, vocab=None):
     model : CaptionModel
     metadata : dict ({} for a bare seminar file)
     """
-    from .model import CaptionModel, NetworkConfig
+    from .model import CaptionModel
     from .vocab import Vocabulary
     path = os.fspath(path)
+    if os.path.isdir(path):
+        raise UserError("%s: is a folder, not a parameter file" % path)
     values = safe_load_arrays(path)
     metadata = load_metadata(path)
     if metadata is not None:
-        try:
-            vocabulary = Vocabulary(metadata["vocabulary"])
-            config = NetworkConfig.from_dict(metadata["network"])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise UserError("%s: metadata lacks a valid network or vocabulary (%s)"
-                            % (metadata_path(path), exc))
+        config, vocabulary = config_from_metadata(metadata, path)
     elif vocab is not None:
         vocabulary = Vocabulary.load(vocab)
         config = seminar_config(values, vocabulary, path)
@@ -181,6 +256,11 @@ def load_model(path, vocab=None):
         raise UserError("%s has no metadata (%s): a bare seminar parameter file needs its "
                         "vocabulary, pass --vocab FILE (vocab=FILE in Python)"
                         % (path, metadata_path(path)))
+    check_param_shapes(values, config, path)
+    for i, value in enumerate(values):
+        if not np.isfinite(value).all():
+            raise UserError("%s: parameter %d has NaN or infinite values; the network it "
+                            "describes cannot caption" % (path, i))
     model = CaptionModel(config, vocabulary)
     model.set_param_values(values, path)
     return model, metadata

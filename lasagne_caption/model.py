@@ -17,6 +17,7 @@ first input step instead of the cell state (Show and Tell), a GRU instead of
 the LSTM, embeddings initialised from a GloVe file (frozen or trainable).
 """
 import dataclasses
+import functools
 import json
 from collections import OrderedDict
 
@@ -29,15 +30,28 @@ from lasagne.layers import (DenseLayer, DropoutLayer, EmbeddingLayer,
 from lasagne.nonlinearities import softmax
 
 from .errors import UserError
-from .ops import SoftmaxNLL
+from .ops import LASAGNE_01, LSTM_VARIANTS, MASTER, SoftmaxNLL
 from .layers import (BroadcastLayer, ConcatLayer, GRULayer, LSTMLayer, SliceLayer,
                      UnbroadcastLayer)
+from .layers.recurrent import keep_state_where_padded
 from .vocab import PAD_IX
+
+
+# sizes past these are not a captioning network but a typo (or a hostile
+# file): refused before any memory is allocated for them
+MAX_TOKENS = 1000000
+MAX_CODE_SIZE = 1000000
+MAX_UNITS = 8192
 
 
 @dataclasses.dataclass
 class NetworkConfig:
-    """Everything needed to rebuild the network; stored in checkpoint metadata."""
+    """Everything needed to rebuild the network; stored in checkpoint metadata.
+
+    The defaults are the seminar notebook's (``grad_clipping=10``, Lasagne
+    master's LSTM). Every field is checked on construction: a wrong type or
+    size raises :class:`UserError`.
+    """
     n_tokens: int
     code_size: int
     embed_size: int = 128
@@ -45,23 +59,86 @@ class NetworkConfig:
     image_inject: str = "cell_init"   # or "first_input" (Show and Tell)
     cell: str = "lstm"                # or "gru"
     dropout: float = 0.5
-    grad_clipping: float = 5.0
+    grad_clipping: float = 10.0
     freeze_embeddings: bool = False
+    # which Lasagne the recurrent layer follows: master (the seminar's) or
+    # LASAGNE_01 (this toolkit's 0.1 checkpoints): the LSTM's output gate,
+    # and whether a GRU learns its hid_init
+    lstm_variant: str = MASTER
 
     def __post_init__(self):
-        if self.image_inject not in ("cell_init", "first_input"):
-            raise UserError("image_inject must be cell_init or first_input, not %r"
-                            % self.image_inject)
-        if self.cell not in ("lstm", "gru"):
-            raise UserError("cell must be lstm or gru, not %r" % self.cell)
+        for name, top in (("n_tokens", MAX_TOKENS), ("code_size", MAX_CODE_SIZE),
+                          ("embed_size", MAX_UNITS), ("units", MAX_UNITS)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+                raise UserError("%s must be a whole number, not %r" % (name, value))
+            if not 1 <= value <= top:
+                raise UserError("%s must be between 1 and %d, not %d" % (name, top, value))
+            setattr(self, name, int(value))
+        for name, low, high in (("dropout", 0.0, 1.0), ("grad_clipping", 0.0, 1e30)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float, np.floating)) \
+                    or not np.isfinite(value) or not low <= value <= high:
+                raise UserError("%s must be a number in [%g, %g], not %r" % (name, low, high, value))
+            setattr(self, name, float(value))
+        if self.dropout >= 1.0:
+            raise UserError("dropout must be below 1, not %r" % self.dropout)
+        if not isinstance(self.freeze_embeddings, bool):
+            raise UserError("freeze_embeddings must be true or false, not %r"
+                            % (self.freeze_embeddings,))
+        for name, allowed in (("image_inject", ("cell_init", "first_input")),
+                              ("cell", ("lstm", "gru")), ("lstm_variant", LSTM_VARIANTS)):
+            if getattr(self, name) not in allowed:
+                raise UserError("%s must be one of %s, not %r"
+                                % (name, ", ".join(allowed), getattr(self, name)))
 
     def to_dict(self):
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, options):
-        known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in options.items() if k in known})
+        """The config a metadata dict describes; unknown or missing options are refused.
+
+        An option this version does not know means the file was written by
+        a newer version for a network this one would build differently.
+        """
+        if not isinstance(options, dict):
+            raise UserError("the network options must be a mapping, not %s"
+                            % type(options).__name__)
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(options) - set(fields))
+        if unknown:
+            raise UserError("unknown network option%s %s: written by a newer lasagne-caption? "
+                            "(this version knows %s)" % ("s" if len(unknown) > 1 else "",
+                                                         ", ".join(map(str, unknown)),
+                                                         ", ".join(fields)))
+        required = [n for n, f in fields.items() if f.default is dataclasses.MISSING]
+        missing = [n for n in required if n not in options]
+        if missing:
+            raise UserError("network options lack %s" % ", ".join(missing))
+        return cls(**options)
+
+
+def param_shapes(config):
+    """The parameter shapes of :func:`build_network`, in ``get_all_params`` order.
+
+    Computed without building anything, so that a checkpoint's arrays can be
+    checked against its metadata before a (possibly huge) network is
+    allocated. tests/test_model.py checks it against the built networks.
+    """
+    n, d, e, u = config.n_tokens, config.code_size, config.embed_size, config.units
+    gates = 4 if config.cell == "lstm" else 3
+    if config.image_inject == "cell_init":
+        shapes = [(n, e), (d, u), (u,)]
+        inits = [(1, u)] if config.cell == "lstm" else []   # hid_init; the image is the other
+    else:
+        # the image step comes first in the decoder's input, so its layers do too
+        shapes = [(d, e), (e,), (n, e)]
+        inits = [(1, u), (1, u)] if config.cell == "lstm" else [(1, u)]
+    shapes += [(e, u), (u, u), (u,)] * gates
+    if config.cell == "lstm":
+        shapes += [(u,)] * 3   # peepholes
+    return shapes + inits + [(u, n), (n,)]
 
 
 def read_glove(path, vocab, dim=None):
@@ -126,8 +203,13 @@ def build_network(config, sentences=None, image_codes=None, embeddings=None):
     if config.freeze_embeddings:
         net["embedding"].params[net["embedding"].W].discard("trainable")
     net["image_dropout"] = DropoutLayer(net["image"], p=config.dropout, name="image_dropout")
-    Recurrent = LSTMLayer if config.cell == "lstm" else GRULayer
-    state = "cell_init" if config.cell == "lstm" else "hid_init"
+    if config.cell == "lstm":
+        Recurrent = functools.partial(LSTMLayer, variant=config.lstm_variant)
+        state = "cell_init"
+    else:
+        # Lasagne 0.1's GRU learned its hid_init by default, master's does not
+        Recurrent = functools.partial(GRULayer, learn_init=config.lstm_variant == LASAGNE_01)
+        state = "hid_init"
     if config.image_inject == "cell_init":
         net["image_projection"] = DenseLayer(net["image_dropout"], config.units,
                                              name="image_projection")
@@ -200,7 +282,7 @@ def unrolled_decoder_steps(net, n_steps, deterministic=False):
     """
     decoder = net["decoder"]
     inputs = lasagne.layers.get_output(decoder.input_layers, deterministic=deterministic)
-    steps = decoder.precompute_input(inputs[0].dimshuffle(1, 0, 2))
+    steps = decoder.input_products(inputs[0].dimshuffle(1, 0, 2))
     states = decoder.initial_states(inputs, steps.shape[1])
     mask = inputs[decoder.mask_incoming_index].dimshuffle(1, 0, 'x')
     skip = 1 if net["decoder_steps"] is not decoder else 0   # Show and Tell's image step
@@ -208,7 +290,7 @@ def unrolled_decoder_steps(net, n_steps, deterministic=False):
     for t in range(n_steps + skip):
         new = decoder.step(steps[t], *states)
         # a padded step keeps the previous state, as in the scan
-        states = [T.switch(mask[t], n, p) for n, p in zip(new, states)]
+        states = [keep_state_where_padded(n, p, mask[t]) for n, p in zip(new, states)]
         hidden.append(states[-1])
     return T.stack(hidden[skip:], axis=1)
 

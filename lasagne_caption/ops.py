@@ -7,7 +7,8 @@
   one multiply.
 * :class:`LSTMCell`: the gates and state update of Lasagne's peephole LSTM
   in one loop, with its gradient :class:`LSTMCellGrad`, instead of about
-  ten elementwise ops per time step each way.
+  ten elementwise ops per time step each way. Both variants of the output
+  gate: Lasagne master's (the seminar's) and Lasagne 0.1's.
 
 Both evaluate exp with a polynomial gcc vectorises (glibc's ``expf`` is a
 scalar call); measured with ``python -m lasagne_caption.bench``, see README.
@@ -52,28 +53,45 @@ static inline float lc_tanh(float x) {
     float small = x * (1.0f + x2 * (-0.333333333f + x2 * (0.133333333f - x2 * 0.0539682540f)));
     return a < 0.0625f ? small : (x < 0.0f ? -t : t);
 }
-/* __restrict: without it gcc does not vectorise these loops */
-static void lc_lstm_forward(npy_intp B, npy_intp U, const float* __restrict G,
+/* __restrict: without it gcc does not vectorise these loops.
+   master != 0: Lasagne master's output gate, sigmoid(o + c * w_co) (the seminar's);
+   master == 0: Lasagne 0.1's, sigmoid(o) + c * w_co. One loop per variant, so
+   each stays branch-free and vectorised. */
+static void lc_lstm_forward(int master, npy_intp B, npy_intp U, const float* __restrict G,
         const float* __restrict CP, const float* __restrict WI, const float* __restrict WF,
         const float* __restrict WO, float* __restrict CELL, float* __restrict HID,
         float* __restrict S) {
     for (npy_intp b = 0; b < B; ++b) {
         const float *g = G + b * 4 * U, *cp = CP + b * U;
         float *cell = CELL + b * U, *hid = HID + b * U, *s = S + b * 5 * U;
-        for (npy_intp u = 0; u < U; ++u) {
-            float i = lc_sigmoid(g[u] + cp[u] * WI[u]);
-            float f = lc_sigmoid(g[U + u] + cp[u] * WF[u]);
-            float ci = lc_tanh(g[2 * U + u]);
-            float os = lc_sigmoid(g[3 * U + u]);
-            float c = f * cp[u] + i * ci;
-            float tc = lc_tanh(c);
-            cell[u] = c;
-            hid[u] = (os + c * WO[u]) * tc;
-            s[u] = i; s[U + u] = f; s[2 * U + u] = ci; s[3 * U + u] = os; s[4 * U + u] = tc;
+        if (master) {
+            for (npy_intp u = 0; u < U; ++u) {
+                float i = lc_sigmoid(g[u] + cp[u] * WI[u]);
+                float f = lc_sigmoid(g[U + u] + cp[u] * WF[u]);
+                float ci = lc_tanh(g[2 * U + u]);
+                float c = f * cp[u] + i * ci;
+                float o = lc_sigmoid(g[3 * U + u] + c * WO[u]);
+                float tc = lc_tanh(c);
+                cell[u] = c;
+                hid[u] = o * tc;
+                s[u] = i; s[U + u] = f; s[2 * U + u] = ci; s[3 * U + u] = o; s[4 * U + u] = tc;
+            }
+        } else {
+            for (npy_intp u = 0; u < U; ++u) {
+                float i = lc_sigmoid(g[u] + cp[u] * WI[u]);
+                float f = lc_sigmoid(g[U + u] + cp[u] * WF[u]);
+                float ci = lc_tanh(g[2 * U + u]);
+                float os = lc_sigmoid(g[3 * U + u]);
+                float c = f * cp[u] + i * ci;
+                float tc = lc_tanh(c);
+                cell[u] = c;
+                hid[u] = (os + c * WO[u]) * tc;
+                s[u] = i; s[U + u] = f; s[2 * U + u] = ci; s[3 * U + u] = os; s[4 * U + u] = tc;
+            }
         }
     }
 }
-static void lc_lstm_backward(npy_intp B, npy_intp U, const float* __restrict S,
+static void lc_lstm_backward(int master, npy_intp B, npy_intp U, const float* __restrict S,
         const float* __restrict CP, const float* __restrict WI, const float* __restrict WF,
         const float* __restrict WO, const float* __restrict DC, const float* __restrict DH,
         float* __restrict DG, float* __restrict DCP, float* __restrict DWI,
@@ -82,22 +100,42 @@ static void lc_lstm_backward(npy_intp B, npy_intp U, const float* __restrict S,
     for (npy_intp b = 0; b < B; ++b) {
         const float *s = S + b * 5 * U, *cp = CP + b * U, *dc_in = DC + b * U, *dh = DH + b * U;
         float *dg = DG + b * 4 * U, *dcp = DCP + b * U;
-        for (npy_intp u = 0; u < U; ++u) {
-            float i = s[u], f = s[U + u], ci = s[2 * U + u], os = s[3 * U + u];
-            float tc = s[4 * U + u];
-            float c = f * cp[u] + i * ci;
-            float d_out = dh[u] * tc;
-            float dc = dc_in[u] + dh[u] * (os + c * WO[u]) * (1.0f - tc * tc) + d_out * WO[u];
-            float di = dc * ci * i * (1.0f - i);
-            float df = dc * cp[u] * f * (1.0f - f);
-            dg[u] = di;
-            dg[U + u] = df;
-            dg[2 * U + u] = dc * i * (1.0f - ci * ci);
-            dg[3 * U + u] = d_out * os * (1.0f - os);
-            dcp[u] = dc * f + di * WI[u] + df * WF[u];
-            DWI[u] += di * cp[u];
-            DWF[u] += df * cp[u];
-            DWO[u] += d_out * c;
+        if (master) {
+            for (npy_intp u = 0; u < U; ++u) {
+                float i = s[u], f = s[U + u], ci = s[2 * U + u], o = s[3 * U + u];
+                float tc = s[4 * U + u];
+                float c = f * cp[u] + i * ci;
+                float d_o = dh[u] * tc * o * (1.0f - o);     /* through the sigmoid */
+                float dc = dc_in[u] + dh[u] * o * (1.0f - tc * tc) + d_o * WO[u];
+                float di = dc * ci * i * (1.0f - i);
+                float df = dc * cp[u] * f * (1.0f - f);
+                dg[u] = di;
+                dg[U + u] = df;
+                dg[2 * U + u] = dc * i * (1.0f - ci * ci);
+                dg[3 * U + u] = d_o;
+                dcp[u] = dc * f + di * WI[u] + df * WF[u];
+                DWI[u] += di * cp[u];
+                DWF[u] += df * cp[u];
+                DWO[u] += d_o * c;
+            }
+        } else {
+            for (npy_intp u = 0; u < U; ++u) {
+                float i = s[u], f = s[U + u], ci = s[2 * U + u], os = s[3 * U + u];
+                float tc = s[4 * U + u];
+                float c = f * cp[u] + i * ci;
+                float d_out = dh[u] * tc;
+                float dc = dc_in[u] + dh[u] * (os + c * WO[u]) * (1.0f - tc * tc) + d_out * WO[u];
+                float di = dc * ci * i * (1.0f - i);
+                float df = dc * cp[u] * f * (1.0f - f);
+                dg[u] = di;
+                dg[U + u] = df;
+                dg[2 * U + u] = dc * i * (1.0f - ci * ci);
+                dg[3 * U + u] = d_out * os * (1.0f - os);
+                dcp[u] = dc * f + di * WI[u] + df * WF[u];
+                DWI[u] += di * cp[u];
+                DWF[u] += df * cp[u];
+                DWO[u] += d_out * c;
+            }
         }
     }
 }
@@ -165,7 +203,7 @@ class _Float32COp(COp):
         return _FAST_MATH_C
 
     def c_code_cache_version(self):
-        return (3,)
+        return (4,)
 
     def _check_float32(self, node, skip=()):
         """Raise MethodNotDefined unless every input (but ``skip``'s) and output is float32."""
@@ -311,6 +349,17 @@ class SoftmaxNLLGrad(_Float32COp):
         """ % dict(locals(), fail=fail)
 
 
+MASTER = "master"
+LASAGNE_01 = "lasagne-0.1"
+LSTM_VARIANTS = (MASTER, LASAGNE_01)
+
+
+def _check_variant(variant):
+    if variant not in LSTM_VARIANTS:
+        raise ValueError("LSTM variant must be one of %s, not %r" % (LSTM_VARIANTS, variant))
+    return variant
+
+
 class LSTMCell(_Float32COp):
     """One step of Lasagne's peephole LSTM after the gate pre-activations.
 
@@ -318,17 +367,31 @@ class LSTMCell(_Float32COp):
     ingate, forgetgate, cell, outgate), ``cell`` (B, U), and the peephole
     weights ``w_ci, w_cf, w_co`` (U,). Outputs the new ``cell`` and ``hid``
     (B, U) and ``saved`` (B, 5U): the activations the gradient reuses (a
-    graph must use only the first two outputs). The math is
-    ``LSTMLayer.step``'s, output-gate peephole after the sigmoid included.
-    Fused into one C loop, it replaces about ten elementwise ops per step
-    (and as many in the gradient), which dominate the unrolled LSTM.
+    graph must use only the first two outputs). Fused into one C loop, it
+    replaces about ten elementwise ops per step (and as many in the
+    gradient), which dominate the unrolled LSTM.
+
+    ``variant`` is where the output gate's peephole goes::
+
+        "master":      o = sigmoid(o_pre + c * w_co);  hid = o * tanh(c)
+        "lasagne-0.1": o = sigmoid(o_pre) + c * w_co;  hid = o * tanh(c)
+
+    Lasagne master (PR #449, 2015-10-02) and so the seminar use the first;
+    PyPI's Lasagne 0.1 the second (kept to load checkpoints trained with it).
 
     Examples
     --------
     >>> g, c = T.matrix(), T.matrix()
     >>> w = T.vector()
     >>> cell, hid = LSTMCell()(g, c, w, w, w)[:2]
+    >>> LSTMCell("lasagne-0.1").variant
+    'lasagne-0.1'
     """
+    __props__ = ("variant",)
+
+    def __init__(self, variant=MASTER):
+        self.variant = _check_variant(variant)
+        super(LSTMCell, self).__init__()
 
     def make_node(self, gates, cell, w_ci, w_cf, w_co):
         inputs = list(map(T.as_tensor_variable, (gates, cell, w_ci, w_cf, w_co)))
@@ -342,12 +405,17 @@ class LSTMCell(_Float32COp):
         ingate = _sigmoid(i_pre + c_prev * w_ci)
         forgetgate = _sigmoid(f_pre + c_prev * w_cf)
         cell_input = np.tanh(c_pre)
-        outgate = _sigmoid(o_pre)
         cell = forgetgate * c_prev + ingate * cell_input
         tanh_cell = np.tanh(cell)
+        if self.variant == MASTER:
+            outgate = _sigmoid(o_pre + cell * w_co)
+            hid = outgate * tanh_cell
+        else:
+            outgate = _sigmoid(o_pre)
+            hid = (outgate + cell * w_co) * tanh_cell
         dtype = gates.dtype
         outputs[0][0] = cell.astype(dtype)
-        outputs[1][0] = ((outgate + cell * w_co) * tanh_cell).astype(dtype)
+        outputs[1][0] = hid.astype(dtype)
         outputs[2][0] = np.concatenate([ingate, forgetgate, cell_input, outgate, tanh_cell],
                                        axis=1).astype(dtype)
 
@@ -363,7 +431,7 @@ class LSTMCell(_Float32COp):
         cell, hid, saved = self(*inputs)
         d_cell, d_hid = [T.zeros_like(out) if isinstance(g.type, DisconnectedType) else g
                          for g, out in zip(output_grads[:2], (cell, hid))]
-        return LSTMCellGrad()(saved, c_prev, w_ci, w_cf, w_co, d_cell, d_hid)
+        return LSTMCellGrad(self.variant)(saved, c_prev, w_ci, w_cf, w_co, d_cell, d_hid)
 
     def c_code(self, node, name, inp, out, sub):
         self._check_float32(node)
@@ -392,10 +460,10 @@ class LSTMCell(_Float32COp):
         const float *WO = (float*)PyArray_DATA(in[4]);
         float *CELL = (float*)PyArray_DATA(%(cell)s), *HID = (float*)PyArray_DATA(%(hid)s);
         float *S = (float*)PyArray_DATA(%(saved)s);
-        lc_lstm_forward(B, U, G, CP, WI, WF, WO, CELL, HID, S);
+        lc_lstm_forward(%(master)d, B, U, G, CP, WI, WF, WO, CELL, HID, S);
         for (int k = 0; k < 5; ++k) Py_DECREF(in[k]);
         }
-        """ % dict(locals(), fail=fail)
+        """ % dict(locals(), fail=fail, master=int(self.variant == MASTER))
 
 
 class LSTMCellGrad(_Float32COp):
@@ -405,6 +473,11 @@ class LSTMCellGrad(_Float32COp):
     gradients of ``gates`` (B, 4U), ``c_prev`` (B, U) and the three
     peephole vectors (U,), summed over the batch.
     """
+    __props__ = ("variant",)
+
+    def __init__(self, variant=MASTER):
+        self.variant = _check_variant(variant)
+        super(LSTMCellGrad, self).__init__()
 
     def make_node(self, saved, c_prev, w_ci, w_cf, w_co, d_cell, d_hid):
         inputs = list(map(T.as_tensor_variable, (saved, c_prev, w_ci, w_cf, w_co, d_cell, d_hid)))
@@ -414,19 +487,24 @@ class LSTMCellGrad(_Float32COp):
 
     def perform(self, node, inputs, outputs):
         saved, c_prev, w_ci, w_cf, w_co, d_cell, d_hid = inputs
-        i, f, ci, os, tc = np.split(saved, 5, axis=1)
+        i, f, ci, o, tc = np.split(saved, 5, axis=1)
         cell = f * c_prev + i * ci
-        d_out = d_hid * tc
-        d_c = d_cell + d_hid * (os + cell * w_co) * (1 - tc * tc) + d_out * w_co
+        if self.variant == MASTER:
+            d_o_pre = d_hid * tc * o * (1 - o)
+            d_c = d_cell + d_hid * o * (1 - tc * tc) + d_o_pre * w_co
+            d_w_co = (d_o_pre * cell).sum(axis=0)
+        else:
+            d_out = d_hid * tc
+            d_c = d_cell + d_hid * (o + cell * w_co) * (1 - tc * tc) + d_out * w_co
+            d_o_pre = d_out * o * (1 - o)
+            d_w_co = (d_out * cell).sum(axis=0)
         d_i = d_c * ci * i * (1 - i)
         d_f = d_c * c_prev * f * (1 - f)
         d_ci = d_c * i * (1 - ci * ci)
-        d_os = d_out * os * (1 - os)
         dtype = saved.dtype
-        results = [np.concatenate([d_i, d_f, d_ci, d_os], axis=1),
+        results = [np.concatenate([d_i, d_f, d_ci, d_o_pre], axis=1),
                    d_c * f + d_i * w_ci + d_f * w_cf,
-                   (d_i * c_prev).sum(axis=0), (d_f * c_prev).sum(axis=0),
-                   (d_out * cell).sum(axis=0)]
+                   (d_i * c_prev).sum(axis=0), (d_f * c_prev).sum(axis=0), d_w_co]
         for storage, value in zip(outputs, results):
             storage[0] = value.astype(dtype)
 
@@ -458,7 +536,7 @@ class LSTMCellGrad(_Float32COp):
         float *DG = (float*)PyArray_DATA(%(d_gates)s), *DCP = (float*)PyArray_DATA(%(d_c_prev)s);
         float *DWI = (float*)PyArray_DATA(%(d_w_ci)s), *DWF = (float*)PyArray_DATA(%(d_w_cf)s);
         float *DWO = (float*)PyArray_DATA(%(d_w_co)s);
-        lc_lstm_backward(B, U, S, CP, WI, WF, WO, DC, DH, DG, DCP, DWI, DWF, DWO);
+        lc_lstm_backward(%(master)d, B, U, S, CP, WI, WF, WO, DC, DH, DG, DCP, DWI, DWF, DWO);
         for (int k = 0; k < 7; ++k) Py_DECREF(in[k]);
         }
-        """ % dict(locals(), fail=fail)
+        """ % dict(locals(), fail=fail, master=int(self.variant == MASTER))

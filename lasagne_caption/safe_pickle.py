@@ -3,8 +3,16 @@
 A pickle names the functions it calls to rebuild objects, so loading one
 runs whatever its author chose. :func:`load` looks up only the globals in
 ``allow``; anything else raises :class:`Refused` before it is called.
+
+Memory: numpy's own pickles rebuild an array from an empty one
+(``_reconstruct(ndarray, (0,), ...)``) and then its bytes, whose length the
+file bounds. A hand-made pickle could ask ``_reconstruct`` for a huge empty
+array instead; that is refused, so what a file can allocate stays in
+proportion to its size.
 """
 import pickle
+
+import numpy as np
 
 # what a list of numpy arrays needs (numpy 2 spells the module numpy._core)
 NUMPY_ARRAYS = frozenset({
@@ -26,6 +34,14 @@ def _latin1_bytes(text, encoding):
     return text.encode("latin1")
 
 
+def _small_reconstruct(subtype, shape, dtype):
+    # numpy pickles pass shape (0,): anything else is a hand-made request
+    if np.prod(shape, dtype=np.float64) > 1:
+        raise Refused("numpy _reconstruct of shape %r" % (shape,))
+    from numpy.core.multiarray import _reconstruct
+    return _reconstruct(subtype, shape, dtype)
+
+
 class _Unpickler(pickle.Unpickler):
     def __init__(self, file, allow):
         # latin1: Python 2 pickles (the seminar's) store str and arrays as bytes
@@ -36,6 +52,8 @@ class _Unpickler(pickle.Unpickler):
         if (module, name) == ("_codecs", "encode"):
             return _latin1_bytes
         if (module, name) in self.allow:
+            if name == "_reconstruct":
+                return _small_reconstruct
             return super(_Unpickler, self).find_class(module.replace("numpy._core", "numpy.core"),
                                                       name)
         raise Refused("%s.%s" % (module, name))

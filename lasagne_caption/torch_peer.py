@@ -10,9 +10,10 @@ dependency. The math is the toolkit's, step for step:
   ``hid_init`` is the (1, units) zero parameter of the Theano model (not trained);
 * Lasagne's peephole LSTM: gate pre-activations ``x_t W_in + b + h W_hid``
   whose *gradient* is clipped to [-c, c] (Theano's ``grad_clip``), the
-  input/forget peepholes added before their sigmoid, the output-gate
-  peephole added *after* its sigmoid, and padded steps keeping the
-  previous cell and hidden state;
+  peepholes added before their sigmoid (Lasagne master's output gate,
+  ``sigmoid(o + c_t * w_co)``; Lasagne 0.1's ``sigmoid(o) + c_t * w_co``
+  with ``variant="lasagne-0.1"``), and padded steps keeping the previous
+  cell and hidden state;
 * ``fast_masked_cross_entropy``: next-word softmax cross-entropy, mean over
   the real (non-padding) targets, the output layer applied only there;
 * Lasagne 0.1's Adam (``epsilon`` added to ``sqrt(v_t)``, the bias correction
@@ -73,11 +74,12 @@ class TorchCaptionNet(torch.nn.Module):
     """
 
     def __init__(self, n_tokens, code_size, embed_size=128, units=200, dropout=0.5,
-                 grad_clipping=5.0):
+                 grad_clipping=10.0, variant="master"):
         super().__init__()
         self.n_tokens, self.code_size = n_tokens, code_size
         self.embed_size, self.units = embed_size, units
         self.dropout, self.grad_clipping = dropout, grad_clipping
+        self.variant = variant
         shapes = self.param_shapes()
         self._names = list(shapes)
         for name, shape in shapes.items():
@@ -136,7 +138,7 @@ class TorchCaptionNet(torch.nn.Module):
             raise ValueError("the PyTorch peer implements the default network only "
                              "(cell=lstm, image_inject=cell_init)")
         net = cls(c.n_tokens, c.code_size, c.embed_size, c.units,
-                  c.dropout if dropout is None else dropout, c.grad_clipping)
+                  c.dropout if dropout is None else dropout, c.grad_clipping, c.lstm_variant)
         net.set_param_values(model.get_param_values())
         return net
 
@@ -169,7 +171,10 @@ class TorchCaptionNet(torch.nn.Module):
             ingate = torch.sigmoid(i_pre + cell * w_ci)
             forgetgate = torch.sigmoid(f_pre + cell * w_cf)
             new_cell = forgetgate * cell + ingate * torch.tanh(c_pre)
-            outgate = torch.sigmoid(o_pre) + new_cell * w_co   # Lasagne: after the sigmoid
+            if self.variant == "master":
+                outgate = torch.sigmoid(o_pre + new_cell * w_co)
+            else:   # Lasagne 0.1: after the sigmoid
+                outgate = torch.sigmoid(o_pre) + new_cell * w_co
             new_hid = outgate * torch.tanh(new_cell)
             m = mask[t]
             cell = torch.where(m, new_cell, cell)

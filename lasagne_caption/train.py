@@ -21,11 +21,16 @@ from tqdm import tqdm
 from . import checkpoint as ckpt
 from .data import generate_batch, iterate_captions, load_dataset
 from .errors import UserError, run_cli
-from .files import atomic_write
+from .files import atomic_write, exclusive_lock, remove_stale_temporaries
 from .model import CaptionModel, NetworkConfig, read_glove
-from .vocab import Vocabulary
 
 LOG_COLUMNS = ["epoch", "train_loss", "val_loss", "seconds", "step"]
+
+
+def kept_path(checkpoint, epoch):
+    """Where ``--keep-every`` puts the copy of epoch ``epoch``: wrote_net.epoch-0120.params."""
+    stem = checkpoint[:-len(".params")] if checkpoint.endswith(".params") else checkpoint
+    return "%s.epoch-%04d.params" % (stem, epoch)
 
 
 def log_paths(checkpoint):
@@ -52,8 +57,7 @@ def build_model(dataset, args, meta=None):
     # Lasagne draws initial weights from its global RNG: seed it for repeatable runs
     lasagne.random.set_rng(np.random.RandomState(args.seed))
     if meta is not None:
-        vocab = Vocabulary(meta["vocabulary"])
-        config = NetworkConfig.from_dict(meta["network"])
+        config, vocab = ckpt.config_from_metadata(meta, args.checkpoint)
         if config.code_size != dataset.code_size:
             raise UserError("%s: the checkpoint expects %d-d image codes, %s has %d-d"
                             % (args.checkpoint, config.code_size, dataset.path,
@@ -74,7 +78,7 @@ def build_model(dataset, args, meta=None):
 
 def metadata(model, dataset, args, epoch, step):
     return {
-        "format": "lasagne-caption checkpoint 1",
+        "format": ckpt.FORMAT,
         "network": model.config.to_dict(),
         "vocabulary": model.vocab.words,
         "data": {"name": dataset.name, "path": str(dataset.path),
@@ -88,6 +92,10 @@ def metadata(model, dataset, args, epoch, step):
         "batch_size": args.batch_size,
         "batches_per_epoch": args.batches_per_epoch,
         "max_caption_len": args.max_caption_len,
+        # how the run started (vocabulary, first weights): a resume checks them
+        "min_count": args.min_count,
+        "glove": args.glove,
+        "init_from": args.init_from,
     }
 
 
@@ -145,10 +153,29 @@ def compile_with_notice(model, name):
 
 
 def read_log(path, upto_epoch):
+    """The log's rows up to ``upto_epoch``; a damaged log is set aside, not fatal.
+
+    The log is only a record: a truncated or edited CSV must not stop a
+    resume (the weights are in the checkpoint). It is renamed to
+    ``PATH.damaged`` and a new log starts.
+    """
     import pandas as pd
+    empty = pd.DataFrame(columns=LOG_COLUMNS)
     if not os.path.exists(path):
-        return pd.DataFrame(columns=LOG_COLUMNS)
-    log = pd.read_csv(path)
+        return empty
+    try:
+        log = pd.read_csv(path)
+        if list(log.columns) != LOG_COLUMNS:
+            raise ValueError("columns %s, expected %s" % (list(log.columns), LOG_COLUMNS))
+        log = log.astype({"epoch": int, "train_loss": float, "val_loss": float,
+                          "seconds": float, "step": int})
+    except (ValueError, TypeError, OSError, pd.errors.ParserError,
+            pd.errors.EmptyDataError) as exc:
+        os.replace(path, path + ".damaged")
+        print("warning: %s is unreadable (%s): moved it to %s.damaged and starting a new "
+              "log; the checkpoint is not affected" % (path, str(exc).splitlines()[0], path),
+              file=sys.stderr)
+        return empty
     return log[log["epoch"] <= upto_epoch]
 
 
@@ -179,24 +206,146 @@ def validation_batches(dataset, model, args):
     return list(batches)
 
 
-def train(args):
-    """Run (or resume) training as the command-line options say; returns the model."""
+class TrainingDiverged(UserError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+# options that define the network or its optimiser: a resume keeps the
+# checkpoint's, and refuses a different value given on the command line
+NETWORK_OPTIONS = {"embed_size": "embed_size", "units": "units", "image_inject": "image_inject",
+                   "cell": "cell", "freeze_embeddings": "freeze_embeddings"}
+# options a resume may change (with a note): they change batches, not the network
+RUN_OPTIONS = ("batch_size", "batches_per_epoch", "max_caption_len", "seed")
+
+
+def _checkpoint_files(checkpoint):
+    log_csv, log_png = log_paths(checkpoint)
+    return [checkpoint, ckpt.metadata_path(checkpoint), log_csv, log_png]
+
+
+def remove_stale_files(checkpoint):
+    """Delete temporaries that a killed run left beside ``checkpoint`` (never a live run's)."""
+    import glob
+    bases = set(_checkpoint_files(checkpoint))
+    # state files are named after a digest: find their bases from the temporaries
+    for tmp in glob.glob(glob.escape(checkpoint) + ".state-*.npz.*.tmp"):
+        bases.add(tmp[:tmp.index(".npz.") + len(".npz")])
+    removed = []
+    for base in sorted(bases):
+        removed += remove_stale_temporaries(base)
+    if removed:
+        print("removed %d temporary file%s left by a killed run: %s"
+              % (len(removed), "s" if len(removed) > 1 else "",
+                 ", ".join(os.path.basename(r) for r in removed)))
+    return removed
+
+
+def open_checkpoint(args):
+    """The metadata to resume from, or None to start anew; refuses to clobber.
+
+    Starting anew over an existing checkpoint needs ``--overwrite`` and is
+    only done to a checkpoint of this toolkit (a parameter file with its
+    metadata), never to some other file.
+    """
+    path = args.checkpoint
+    if os.path.isdir(path):
+        raise UserError("--checkpoint %s is a folder; give a file name such as %s"
+                        % (path, os.path.join(path, "wrote_net.params")))
+    if not os.path.exists(path):
+        return None
+    if args.resume:
+        meta = ckpt.load_metadata(path)
+        if meta is None:
+            raise UserError("%s has no metadata (%s); to start from its weights pass "
+                            "--init-from %s --no-resume --checkpoint NEW.params"
+                            % (path, ckpt.metadata_path(path), path))
+        return meta
+    if not args.overwrite:
+        raise UserError("%s exists; --no-resume would replace it: add --overwrite to do so, "
+                        "or choose another --checkpoint" % path)
+    try:
+        meta = ckpt.load_metadata(path)
+        ckpt.safe_load_arrays(path)
+    except UserError as exc:
+        raise UserError("refusing to overwrite %s: it is not a readable checkpoint of this "
+                        "toolkit (%s)" % (path, exc))
+    if meta is None:
+        raise UserError("refusing to overwrite %s: it has no metadata, so it was not written "
+                        "by this toolkit's training" % path)
+    print("--overwrite: replacing %s (epoch %s) with a new run"
+          % (path, meta.get("epoch", "?")))
+    return None
+
+
+def check_resume(meta, dataset, args, given):
+    """Refuse options that contradict the checkpoint; say what the resume keeps."""
+    where = args.checkpoint
+    options = meta.get("network", {})
+    for option, key in NETWORK_OPTIONS.items():
+        if option in given and key in options and given[option] != options[key]:
+            raise UserError("%s was trained with --%s %s; you gave --%s %s. A resume keeps "
+                            "the checkpoint's network: drop the option, or start a new run "
+                            "with another --checkpoint" % (where, option.replace("_", "-"),
+                                                            options[key],
+                                                            option.replace("_", "-"),
+                                                            given[option]))
+    for option in ("glove", "min_count", "init_from"):
+        # these made the vocabulary and first weights: the same value (the
+        # same command run again) resumes; another one is refused
+        if option in given and given[option] != meta.get(option, given[option]):
+            raise UserError("%s was started with --%s %s; you gave %s. It only applies to a "
+                            "new run: drop it, or start a new run with another --checkpoint"
+                            % (where, option.replace("_", "-"), meta[option], given[option]))
+    lr = meta.get("learning_rate")
+    if "learning_rate" in given and lr is not None and given["learning_rate"] != lr:
+        raise UserError("%s was trained with --learning-rate %g; you gave %g. A resume keeps "
+                        "the optimizer: drop the option, or start a new run with another "
+                        "--checkpoint" % (where, lr, given["learning_rate"]))
+    data = meta.get("data") or {}
+    trained_on = (data.get("name"), data.get("features"))
+    if trained_on != (dataset.name, dataset.meta.get("features")):
+        raise UserError("%s was trained on %s (%s features); --data %s is %s (%s features). "
+                        "Train on other data with a new --checkpoint"
+                        % (where, trained_on[0], trained_on[1], args.data, dataset.name,
+                           dataset.meta.get("features")))
+    for option in RUN_OPTIONS:
+        before = meta.get(option, meta.get("rng", {}).get(option))
+        if before is not None and getattr(args, option) != before:
+            print("note: resuming with --%s %s (the checkpoint used %s)"
+                  % (option.replace("_", "-"), getattr(args, option), before))
+
+
+def train(args, given=None):
+    """Run (or resume) training as the command-line options say; returns the model.
+
+    ``given`` holds the options the user typed (the others are defaults);
+    a resume refuses those that contradict the checkpoint.
+    """
+    given = {} if given is None else given
+    directory = os.path.dirname(os.path.abspath(args.checkpoint))
+    if not os.path.isdir(directory):
+        raise UserError("--checkpoint %s: folder %s does not exist" % (args.checkpoint, directory))
+    with exclusive_lock(args.checkpoint + ".lock", args.checkpoint):
+        remove_stale_files(args.checkpoint)
+        return _train(args, given)
+
+
+def _train(args, given):
     import pandas as pd
 
     dataset = load_dataset(args.data)
-    meta = None
-    if args.resume and os.path.exists(args.checkpoint):
-        meta = ckpt.load_metadata(args.checkpoint)
-        if meta is None:
-            raise UserError("%s has no metadata (%s); to start from its weights pass "
-                            "--init-from %s --no-resume"
-                            % (args.checkpoint, ckpt.metadata_path(args.checkpoint),
-                               args.checkpoint))
+    meta = open_checkpoint(args)
+    if meta is not None:
+        check_resume(meta, dataset, args, given)
     model = build_model(dataset, args, meta)
     start_epoch, step = 0, 0
     if meta is not None:
         model.set_param_values(ckpt.safe_load_arrays(args.checkpoint), args.checkpoint)
-        start_epoch, step = meta["epoch"], meta["optimizer"]["step"]
+        start_epoch, step = _whole(meta, "epoch", args), _whole(meta.get("optimizer"), "step", args)
+        print("resuming %s at epoch %d: keeping its network (%s %d units), vocabulary "
+              "(%d words) and learning rate %g"
+              % (args.checkpoint, start_epoch, model.config.cell, model.config.units,
+                 len(model.vocab), model.learning_rate))
     elif args.init_from:
         model.set_param_values(ckpt.safe_load_arrays(args.init_from), args.init_from)
     log_csv, log_png = log_paths(args.checkpoint)
@@ -207,17 +356,10 @@ def train(args):
         print("%s is already at epoch %d of %d: nothing to do"
               % (args.checkpoint, start_epoch, args.epochs))
         return model
-    if meta is not None:
-        print("resuming from %s at epoch %d" % (args.checkpoint, start_epoch))
 
     optimizer = model.optimizer_state
     if meta is not None:
-        values = ckpt.load_optimizer_state(args.checkpoint)
-        if len(values) != len(optimizer):
-            raise UserError("%s: optimizer state has %d arrays, expected %d"
-                            % (args.checkpoint, len(values), len(optimizer)))
-        for var, value in zip(optimizer, values):
-            var.set_value(value.astype(var.dtype))
+        restore_optimizer(optimizer, args)
 
     train_codes, train_captions = dataset.split("train")
     val = validation_batches(dataset, model, args)
@@ -230,6 +372,10 @@ def train(args):
         ckpt.save_checkpoint(args.checkpoint, params,
                              metadata(model, dataset, args, epoch, at_step), opt)
         write_log(log_csv, log_png, log)
+        if args.keep_every and epoch % args.keep_every == 0:
+            # a copy per chosen epoch, to pick the number of epochs on dev later
+            ckpt.save_checkpoint(kept_path(args.checkpoint, epoch), params,
+                                 metadata(model, dataset, args, epoch, at_step), opt)
 
     last = snapshot(start_epoch)
     saved_epoch = start_epoch
@@ -245,16 +391,24 @@ def train(args):
             losses = []
             bar = tqdm(range(args.batches_per_epoch), desc="epoch %d/%d" % (epoch, args.epochs),
                        leave=False, unit="batch", disable=None)
-            for _ in bar:
+            for batch_no in bar:
                 batch = generate_batch(train_codes, train_captions, model.vocab,
                                        args.batch_size, rng, args.max_caption_len)
                 compile_with_notice(model, model.train_function_key(batch[1].shape[1]))
                 losses.append(model.train_step(*batch))
                 step += 1
+                if not np.isfinite(losses[-1]):
+                    raise TrainingDiverged(
+                        "the training loss became %s at epoch %d, batch %d (learning rate %g): "
+                        "the parameters are no longer finite" % (losses[-1], epoch,
+                                                                 batch_no + 1, model.learning_rate))
                 bar.set_postfix(loss="%.3f" % losses[-1])
             if val:
                 compile_with_notice(model, "val_step")
             val_loss = float(np.mean([model.val_step(*b) for b in val])) if val else float("nan")
+            if val and not np.isfinite(val_loss):
+                raise TrainingDiverged("the validation loss became %s after epoch %d"
+                                       % (val_loss, epoch))
             row = {"epoch": epoch, "train_loss": float(np.mean(losses)), "val_loss": val_loss,
                    "seconds": round(time.time() - t0, 2), "step": step}
             log = pd.concat([log, pd.DataFrame([row])], ignore_index=True) if len(log) \
@@ -273,11 +427,47 @@ def train(args):
         print("\ninterrupted: saved epoch %d to %s; run the same command to resume"
               % (last[0], args.checkpoint), file=sys.stderr)
         raise SystemExit(130)
+    except TrainingDiverged as exc:
+        # the last completed epoch was finite: keep it, never the diverged state
+        if last[0] > saved_epoch:
+            log = log[log["epoch"] <= last[0]]
+            save(last)
+        raise TrainingDiverged("%s; %s keeps epoch %d. Lower --learning-rate and train a new "
+                               "checkpoint, or resume from it" % (exc, args.checkpoint, last[0]))
     finally:
         signal.signal(signal.SIGTERM, previous_handler)
     print("saved %s (epoch %d); log %s, plot %s"
           % (args.checkpoint, args.epochs, log_csv, log_png))
     return model
+
+
+def _whole(mapping, key, args):
+    value = (mapping or {}).get(key)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise UserError("%s: '%s' must be a whole number, not %r"
+                        % (ckpt.metadata_path(args.checkpoint), key, value))
+    return value
+
+
+def restore_optimizer(optimizer, args):
+    """Load Adam's moments saved with the checkpoint (or start them anew on request)."""
+    try:
+        values = ckpt.load_optimizer_state(args.checkpoint)
+        if len(values) != len(optimizer):
+            raise UserError("%s: optimizer state has %d arrays, expected %d"
+                            % (args.checkpoint, len(values), len(optimizer)))
+        for var, value in zip(optimizer, values):
+            if value.shape != var.get_value(borrow=True).shape:
+                raise UserError("%s: optimizer state array of shape %s, expected %s"
+                                % (args.checkpoint, value.shape, var.get_value(borrow=True).shape))
+    except UserError as exc:
+        if not args.reset_optimizer:
+            raise UserError("%s. The weights are intact: add --reset-optimizer to resume them "
+                            "with fresh Adam moments" % exc)
+        print("--reset-optimizer: resuming with fresh Adam moments (%s)" % exc)
+        return
+    for var, value in zip(optimizer, values):
+        var.set_value(value.astype(var.dtype))
 
 
 def build_parser():
@@ -298,9 +488,18 @@ def build_parser():
                    help="parameter file (seminar format); metadata goes to CHECKPOINT.json")
     p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
                    help="continue from --checkpoint if it exists")
+    p.add_argument("--overwrite", action="store_true",
+                   help="with --no-resume: replace an existing checkpoint of this toolkit")
+    p.add_argument("--reset-optimizer", action="store_true",
+                   help="resume with fresh Adam moments when the saved optimizer state is "
+                        "missing or damaged")
     p.add_argument("--init-from", metavar="PARAMS",
                    help="start from the weights of a seminar parameter file")
     p.add_argument("--save-every", type=int, default=5, help="save every N epochs")
+    p.add_argument("--keep-every", type=int, default=0, metavar="N",
+                   help="also keep a copy of every N-th epoch's checkpoint "
+                        "(CHECKPOINT.epoch-0120.params), to choose the epoch on dev; "
+                        "a multiple of --save-every (0: keep none)")
     p.add_argument("--learning-rate", type=float, default=1e-3, help="Adam's step size")
     p.add_argument("--max-caption-len", type=int, default=None,
                    help="truncate training captions to this many tokens")
@@ -317,12 +516,41 @@ def build_parser():
     return p
 
 
+def given_options(argv):
+    """The options typed on the command line (dest -> value), defaults left out."""
+    parser = build_parser()
+    for action in parser._actions:
+        action.default = argparse.SUPPRESS
+    return vars(parser.parse_args(argv))
+
+
+def check_options(args):
+    """Ranges of the numeric options: one-line errors naming the option."""
+    for name in ("epochs", "batch_size", "batches_per_epoch", "save_every", "embed_size",
+                 "units", "min_count"):
+        if getattr(args, name) < 1:
+            raise UserError("--%s must be at least 1, not %d"
+                            % (name.replace("_", "-"), getattr(args, name)))
+    for name in ("val_batches", "seed"):
+        if getattr(args, name) < 0:
+            raise UserError("--%s must be 0 or more, not %d"
+                            % (name.replace("_", "-"), getattr(args, name)))
+    if args.max_caption_len is not None and args.max_caption_len < 2:
+        raise UserError("--max-caption-len must be at least 2 (#START# and #END#), not %d"
+                        % args.max_caption_len)
+    if not (np.isfinite(args.learning_rate) and 0 < args.learning_rate <= 1):
+        raise UserError("--learning-rate must be a number in (0, 1], not %s" % args.learning_rate)
+    if args.overwrite and args.resume:
+        raise UserError("--overwrite only goes with --no-resume")
+
+
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    for name in ("epochs", "batch_size", "batches_per_epoch", "save_every"):
-        if getattr(args, name) < 1:
-            raise UserError("--%s must be at least 1" % name.replace("_", "-"))
-    train(args)
+    check_options(args)
+    if args.keep_every < 0 or args.keep_every % args.save_every:
+        raise UserError("--keep-every must be 0 or a multiple of --save-every (%d), not %d"
+                        % (args.save_every, args.keep_every))
+    train(args, given_options(argv))
     return 0
 
 

@@ -6,8 +6,10 @@ import pickle
 import numpy as np
 import pytest
 
+import reference
 from lasagne_caption import checkpoint as ckpt
 from lasagne_caption.errors import UserError
+from lasagne_caption.vocab import Vocabulary
 
 VALUES = [np.arange(6, dtype="float32").reshape(2, 3), np.ones(4, "float32")]
 
@@ -99,3 +101,173 @@ def test_a_save_killed_at_any_rename_leaves_a_consistent_checkpoint(tmp_path, mo
         np.testing.assert_array_equal(params[1], VALUES[1] + (expected == 10))
         assert not [p for p in os.listdir(tmp_path) if p.endswith(".tmp")]
         ckpt.save_checkpoint(path, VALUES, {"epoch": 5}, [np.full(2, 5.0, "float32")])
+
+
+WORDS = ["#UNK#", "#START#", "#END#", "a", "dog", "cat", "runs", "on", "grass", "the", "red"]
+SENTENCES = np.array([[1, 3, 4, 6, 7, 9, 8, 2],
+                      [1, 3, 10, 5, 2, -1, -1, -1],
+                      [1, 4, 2, -1, -1, -1, -1, -1]], "int32")
+
+
+def _seminar_file(tmp_path, seed=0):
+    """A wrote_net.params as the seminar notebook writes it, and its vocabulary file."""
+    params = reference.seminar_params(len(WORDS), code_size=9, embed=6, units=5, seed=seed)
+    path = tmp_path / "wrote_net.params"
+    with open(path, "wb") as f:   # pickle.dump(get_all_param_values(...)), Python 2's protocol
+        pickle.dump([params[n] for n in reference.SEMINAR_PARAM_NAMES], f, protocol=2)
+    vocab = tmp_path / "vocab.tsv"
+    Vocabulary(WORDS).save(vocab)
+    return path, vocab, params
+
+
+def test_seminar_parameter_pickle_reproduces_masters_loss(tmp_path):
+    path, vocab, params = _seminar_file(tmp_path)
+    model, metadata = ckpt.load_model(path, vocab=vocab)
+    assert metadata == {} and model.config.lstm_variant == "master"
+    assert [p.name for p in model.params][-2:] == ["output.W", "output.b"]
+    codes = np.random.RandomState(1).randn(3, 9).astype("float32")
+    _, expected = reference.seminar_forward(params, codes, SENTENCES)
+    assert model.val_step(codes, SENTENCES) == pytest.approx(expected, rel=1e-5)
+
+
+def test_old_toolkit_checkpoints_keep_lasagne_0_1_math(tmp_path):
+    path, _, params = _seminar_file(tmp_path)
+    options = {"n_tokens": len(WORDS), "code_size": 9, "embed_size": 6, "units": 5,
+               "image_inject": "cell_init", "cell": "lstm", "dropout": 0.5,
+               "grad_clipping": 5.0, "freeze_embeddings": False}
+    meta = {"format": "lasagne-caption checkpoint 1", "network": options, "vocabulary": WORDS,
+            "params_sha256": ckpt.file_digest(str(path))}
+    (tmp_path / "wrote_net.params.json").write_text(json.dumps(meta))
+    model, _ = ckpt.load_model(path)
+    assert model.config.lstm_variant == "lasagne-0.1"
+    codes = np.random.RandomState(1).randn(3, 9).astype("float32")
+    _, expected = reference.seminar_forward(params, codes, SENTENCES, "lasagne-0.1")
+    assert model.val_step(codes, SENTENCES) == pytest.approx(expected, rel=1e-5)
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda m: m.update(format="lasagne-caption checkpoint 9"), "unknown format"),
+    (lambda m: m["network"].update(attention=True), "unknown network option attention"),
+    (lambda m: m["network"].update(units="5"), "units must be a whole number"),
+    (lambda m: m["network"].update(units=6000), r"parameter 1 has shape \(9, 5\), the network"),
+    (lambda m: m.update(network="lstm"), "'network' must be a JSON object"),
+    (lambda m: m.update(vocabulary=[1, 2]), "'vocabulary' must be a list of words"),
+    (lambda m: m.update(vocabulary=WORDS[:-1]), "the vocabulary has 10 words, the network 11"),
+])
+def test_bad_metadata_is_refused_before_building(tmp_path, change, message):
+    path, _, _ = _seminar_file(tmp_path)
+    options = {"n_tokens": len(WORDS), "code_size": 9, "embed_size": 6, "units": 5}
+    meta = {"format": ckpt.FORMAT, "network": options, "vocabulary": WORDS,
+            "params_sha256": ckpt.file_digest(str(path))}
+    change(meta)
+    (tmp_path / "wrote_net.params.json").write_text(json.dumps(meta))
+    with pytest.raises(UserError, match=message):
+        ckpt.load_model(path)
+
+
+@pytest.mark.parametrize("content", ["[]", "null", "3"])
+def test_metadata_that_is_not_an_object_is_one_line(tmp_path, content):
+    path, _, _ = _seminar_file(tmp_path)
+    (tmp_path / "wrote_net.params.json").write_text(content)
+    with pytest.raises(UserError, match="wrote_net.params.json"):
+        ckpt.load_model(path)
+
+
+def test_non_finite_or_non_numeric_parameters_are_refused(tmp_path):
+    path, vocab, params = _seminar_file(tmp_path)
+    values = [params[n] for n in reference.SEMINAR_PARAM_NAMES]
+    values[3] = np.full_like(values[3], np.nan)
+    path.write_bytes(pickle.dumps(values, protocol=2))
+    with pytest.raises(UserError, match="parameter 3 has NaN or infinite values"):
+        ckpt.load_model(path, vocab=vocab)
+    values[3] = np.array(["a"] * 3, dtype=object)
+    path.write_bytes(pickle.dumps(values, protocol=2))
+    with pytest.raises(UserError, match="parameter 3 holds object values"):
+        ckpt.safe_load_arrays(path)
+
+
+def test_a_pickle_asking_for_a_huge_array_is_refused_without_allocating(tmp_path):
+    # _reconstruct(ndarray, (10**12,), b'b'): numpy pickles always ask for (0,)
+    evil = (b"\x80\x02cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\n"
+            b"\x8a\x06\x00\x10\xa5\xd4\xe8\x00\x85C\x01b\x87R.")
+    path = tmp_path / "huge.params"
+    path.write_bytes(evil)
+    with pytest.raises(UserError, match="not a plain parameter pickle .*_reconstruct of shape"):
+        ckpt.safe_load_arrays(path)
+
+
+# -- property-based: whatever the file says, loading succeeds or says why ------
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+JSON = st.recursive(st.none() | st.booleans() | st.integers(-2 ** 70, 2 ** 70)
+                    | st.floats(allow_nan=True) | st.text(max_size=5),
+                    lambda inner: st.lists(inner, max_size=3)
+                    | st.dictionaries(st.text(max_size=5), inner, max_size=3), max_leaves=6)
+OPTIONS = ["n_tokens", "code_size", "embed_size", "units", "image_inject", "cell", "dropout",
+           "grad_clipping", "freeze_embeddings", "lstm_variant", "extra"]
+
+
+def _peak_bytes(fn):
+    """Peak traced allocation of ``fn()`` (numpy reports its buffers to tracemalloc)."""
+    import tracemalloc
+    tracemalloc.start()
+    try:
+        fn()
+    except UserError:
+        pass
+    finally:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    return peak
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+@given(changes=st.dictionaries(st.sampled_from(OPTIONS + ["network", "vocabulary", "format",
+                                                          "epoch"]), JSON, min_size=1,
+                               max_size=3))
+def test_mutated_metadata_loads_or_raises_a_user_error(tmp_path_factory, changes):
+    folder = tmp_path_factory.mktemp("meta")
+    path, _, params = _seminar_file(folder)
+    network = {"n_tokens": len(WORDS), "code_size": 9, "embed_size": 6, "units": 5}
+    meta = {"format": ckpt.FORMAT, "network": network, "vocabulary": WORDS,
+            "params_sha256": ckpt.file_digest(str(path))}
+    for key, value in changes.items():
+        (network if key in OPTIONS else meta)[key] = value
+    (folder / "wrote_net.params.json").write_text(json.dumps(meta))
+    try:
+        model, _ = ckpt.load_model(path)
+    except UserError as exc:
+        assert "\n" not in str(exc)
+        return
+    # it loaded: then it is the network the parameters describe
+    assert [p.get_value().shape for p in model.params] == \
+        [params[n].shape for n in reference.SEMINAR_PARAM_NAMES]
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=list(HealthCheck))
+@given(data=st.data())
+def test_fuzzed_parameter_pickles_load_or_raise_a_user_error_in_bounded_memory(tmp_path_factory,
+                                                                               data):
+    folder = tmp_path_factory.mktemp("fuzz")
+    values = [np.arange(6, dtype="float32").reshape(2, 3), np.ones(4, "float64")]
+    payload = bytearray(pickle.dumps(values, protocol=data.draw(st.integers(0, 5))))
+    for _ in range(data.draw(st.integers(1, 4))):
+        kind = data.draw(st.sampled_from(["flip", "cut", "insert"]))
+        at = data.draw(st.integers(0, len(payload) - 1))
+        if kind == "flip":
+            payload[at] = data.draw(st.integers(0, 255))
+        elif kind == "cut":
+            del payload[at:]
+            if not payload:
+                payload = bytearray(b".")
+        else:
+            payload[at:at] = data.draw(st.binary(min_size=1, max_size=8))
+    path = folder / "fuzz.params"
+    path.write_bytes(bytes(payload))
+
+    def load():
+        loaded = ckpt.safe_load_arrays(path)
+        assert all(isinstance(v, np.ndarray) and v.dtype.kind in "fiu" for v in loaded)
+    # a few hundred bytes of file may never cost more than a few MB
+    assert _peak_bytes(load) < 16 * 2 ** 20

@@ -10,11 +10,13 @@ from lasagne.layers import (DenseLayer, DropoutLayer, EmbeddingLayer, InputLayer
                             get_all_param_values, get_output)
 from lasagne.nonlinearities import softmax
 
+import reference
 from lasagne_caption.checkpoint import safe_load_arrays
 from lasagne_caption.errors import UserError
 from lasagne_caption.layers import BroadcastLayer, LSTMLayer, UnbroadcastLayer
 from lasagne_caption.model import (CaptionModel, NetworkConfig, build_network,
-                                   fast_masked_cross_entropy, masked_cross_entropy, read_glove)
+                                   fast_masked_cross_entropy, masked_cross_entropy, param_shapes,
+                                   read_glove)
 
 SENTENCES = np.array([[1, 5, 6, 7, 2, -1, -1],
                       [1, 8, 2, -1, -1, -1, -1],
@@ -90,7 +92,7 @@ def _seminar_network(n_tokens, code_size):
     l_word_embeddings = EmbeddingLayer(l_words, n_tokens, 8)
     l_image_features_small = DenseLayer(DropoutLayer(l_image_features), 16)
     decoder = LSTMLayer(l_word_embeddings, num_units=16, cell_init=l_image_features_small,
-                        mask_input=l_mask, grad_clipping=5)
+                        mask_input=l_mask, grad_clipping=10)
     broadcast_decoder_ticks = BroadcastLayer(decoder, (0, 1))
     predicted = DenseLayer(broadcast_decoder_ticks, n_tokens, nonlinearity=softmax)
     next_word_probas = UnbroadcastLayer(predicted, broadcast_layer=broadcast_decoder_ticks)
@@ -112,6 +114,54 @@ def test_seminar_parameter_file_loads_and_gives_the_same_loss(tiny_model, tmp_pa
             pytest.approx(float(seminar_loss), rel=1e-5)
     finally:
         tiny_model.set_param_values(before)
+
+
+def test_seminar_network_matches_numpy_master_equations(tiny_model):
+    """Hidden states and loss of the built network = tests/reference.py's master LSTM, to 1e-5."""
+    n_tokens, code_size = tiny_model.config.n_tokens, tiny_model.config.code_size
+    params = reference.seminar_params(n_tokens, code_size, embed=8, units=16, seed=3)
+    codes = _codes(tiny_model, seed=4)
+    before = tiny_model.get_param_values()
+    try:
+        tiny_model.set_param_values([params[n] for n in reference.SEMINAR_PARAM_NAMES])
+        net = tiny_model.net
+        hidden = theano.function([net["image_codes"], net["sentences"]],
+                                 get_output(net["decoder"], deterministic=True))(codes, SENTENCES)
+        expected_hidden, expected_loss = reference.seminar_forward(params, codes, SENTENCES)
+        np.testing.assert_allclose(hidden, expected_hidden, rtol=1e-5, atol=1e-5)
+        assert tiny_model.val_step(codes, SENTENCES) == pytest.approx(expected_loss, rel=1e-5)
+        # the same parameters under Lasagne 0.1's equations give another loss
+        _, loss_01 = reference.seminar_forward(params, codes, SENTENCES, "lasagne-0.1")
+        assert abs(loss_01 - expected_loss) > 1e-3
+    finally:
+        tiny_model.set_param_values(before)
+
+
+def test_config_refuses_unknown_options_and_bad_sizes():
+    good = NetworkConfig(n_tokens=10, code_size=4).to_dict()
+    assert NetworkConfig.from_dict(good) == NetworkConfig(n_tokens=10, code_size=4)
+    assert good["grad_clipping"] == 10 and good["lstm_variant"] == "master"   # the seminar's
+    with pytest.raises(UserError, match="unknown network option attention: written by a newer"):
+        NetworkConfig.from_dict(dict(good, attention="soft"))
+    with pytest.raises(UserError, match="lack code_size"):
+        NetworkConfig.from_dict({"n_tokens": 10})
+    for field, value in [("units", "16"), ("units", 16.5), ("units", -5), ("units", 10 ** 12),
+                         ("n_tokens", True), ("dropout", float("nan")), ("cell", "rnn"),
+                         ("lstm_variant", "0.2"), ("grad_clipping", -1)]:
+        with pytest.raises(UserError, match=field):
+            NetworkConfig.from_dict(dict(good, **{field: value}))
+    with pytest.raises(UserError, match="mapping"):
+        NetworkConfig.from_dict([])
+
+
+@pytest.mark.parametrize("image_inject", ["cell_init", "first_input"])
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_param_shapes_are_those_of_the_built_network(image_inject, cell):
+    config = NetworkConfig(n_tokens=11, code_size=7, embed_size=5, units=3,
+                           image_inject=image_inject, cell=cell)
+    net = build_network(config)
+    built = [p.get_value().shape for p in lasagne.layers.get_all_params(net["probabilities"])]
+    assert built == param_shapes(config)
 
 
 def test_mismatched_shapes_name_the_first_parameter(tiny_model):

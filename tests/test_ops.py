@@ -1,15 +1,15 @@
 """The toolkit's Theano ops compute what Theano's own expressions compute.
 
 SoftmaxNLL against Theano's softmax cross-entropy; LSTMCell (C code for
-float32, numpy for float64) against ``LSTMLayer.step``'s math written in
-Theano, values and gradients.
+float32, numpy for float64), both output-gate variants, against the LSTM
+step written in Theano expressions, values and gradients.
 """
 import numpy as np
 import pytest
 import theano
 import theano.tensor as T
 
-from lasagne_caption.ops import LSTMCell, SoftmaxNLL
+from lasagne_caption.ops import LASAGNE_01, LSTM_VARIANTS, MASTER, LSTMCell, SoftmaxNLL
 
 
 def test_values_and_gradients_match_theano():
@@ -36,33 +36,38 @@ def test_large_logits_do_not_overflow():
     np.testing.assert_allclose(out, [0.0], atol=1e-6)
 
 
-def _lstm_cell_and_grads(dtype, fused, units, upstream):
+def _lstm_cell_and_grads(dtype, fused, units, upstream, variant):
     """cell, hid and the gradients of sum(cell * dc + hid * dh) w.r.t. every input."""
     gates, c_prev = T.matrix(dtype=dtype), T.matrix(dtype=dtype)
     w_ci, w_cf, w_co = [T.vector(dtype=dtype) for _ in range(3)]
     inputs = [gates, c_prev, w_ci, w_cf, w_co]
     if fused:
-        cell, hid = LSTMCell()(*inputs)[:2]
+        cell, hid = LSTMCell(variant)(*inputs)[:2]
     else:
         u = units
         ingate = T.nnet.sigmoid(gates[:, :u] + c_prev * w_ci)
         forgetgate = T.nnet.sigmoid(gates[:, u:2 * u] + c_prev * w_cf)
         cell = forgetgate * c_prev + ingate * T.tanh(gates[:, 2 * u:3 * u])
-        hid = (T.nnet.sigmoid(gates[:, 3 * u:]) + cell * w_co) * T.tanh(cell)
+        if variant == MASTER:   # the peephole inside the sigmoid
+            hid = T.nnet.sigmoid(gates[:, 3 * u:] + cell * w_co) * T.tanh(cell)
+        else:                   # Lasagne 0.1: after it
+            hid = (T.nnet.sigmoid(gates[:, 3 * u:]) + cell * w_co) * T.tanh(cell)
     d_cell, d_hid = (T.constant(g.astype(dtype)) for g in upstream)
     cost = T.sum(cell * d_cell) + T.sum(hid * d_hid)
     return theano.function(inputs, [cell, hid] + T.grad(cost, inputs))
 
 
+@pytest.mark.parametrize("variant", LSTM_VARIANTS)
 @pytest.mark.parametrize("dtype, rtol", [("float32", 1e-5), ("float64", 1e-12)])
-def test_lstm_cell_matches_the_theano_expression(dtype, rtol):
+def test_lstm_cell_matches_the_theano_expression(dtype, rtol, variant):
     rng = np.random.RandomState(0)
     batch, units = 7, 13
     values = [3 * rng.randn(batch, 4 * units), rng.randn(batch, units),
               rng.randn(units), rng.randn(units), rng.randn(units)]
     upstream = rng.randn(batch, units), rng.randn(batch, units)
-    reference = _lstm_cell_and_grads("float64", False, units, upstream)(*values)
-    ours = _lstm_cell_and_grads(dtype, True, units, upstream)(*[v.astype(dtype) for v in values])
+    reference = _lstm_cell_and_grads("float64", False, units, upstream, variant)(*values)
+    ours = _lstm_cell_and_grads(dtype, True, units, upstream, variant)(
+        *[v.astype(dtype) for v in values])
     names = ["cell", "hid", "d gates", "d cell", "d w_ci", "d w_cf", "d w_co"]
     for name, a, b in zip(names, ours, reference):
         assert a.dtype == dtype
@@ -84,11 +89,22 @@ def test_lstm_cell_nonlinearities_are_accurate_over_the_whole_range():
                                atol=1e-7)
 
 
-def test_lstm_cell_gradient_is_verified_numerically():
+@pytest.mark.parametrize("variant", LSTM_VARIANTS)
+def test_lstm_cell_gradient_is_verified_numerically(variant):
     rng = np.random.RandomState(1)
     values = [rng.randn(3, 8), rng.randn(3, 2), rng.randn(2), rng.randn(2), rng.randn(2)]
-    theano.gradient.verify_grad(lambda *a: T.sum(LSTMCell()(*a)[1]) + T.sum(LSTMCell()(*a)[0]),
-                                values, rng=rng)
+    op = LSTMCell(variant)
+    theano.gradient.verify_grad(lambda *a: T.sum(op(*a)[1]) + T.sum(op(*a)[0]), values, rng=rng)
+
+
+def test_the_two_variants_differ_and_an_unknown_one_is_refused():
+    rng = np.random.RandomState(2)
+    values = [rng.randn(4, 12).astype("float32"), rng.randn(4, 3).astype("float32")] + \
+        [rng.randn(3).astype("float32") for _ in range(3)]
+    hid = {v: theano.function([], LSTMCell(v)(*values)[1])() for v in LSTM_VARIANTS}
+    assert np.abs(hid[MASTER] - hid[LASAGNE_01]).max() > 1e-2
+    with pytest.raises(ValueError, match="variant"):
+        LSTMCell("0.2")
 
 
 def test_lstm_cell_rejects_mismatched_shapes():
