@@ -3,7 +3,7 @@ from setuptools import find_packages, setup
 
 setup(
     name="lasagne-caption",
-    version="0.1.0",
+    version="0.2.0",
     description="Theano/Lasagne-compatible toolkit for the CNN->LSTM image-captioning seminar",
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
@@ -28,7 +28,7 @@ setup(
         "pycocoevalcap==1.2",
     ],
     extras_require={
-        "test": ["pytest", "nbclient", "nbformat", "ipykernel"],
+        "test": ["pytest", "hypothesis", "nbclient", "nbformat", "ipykernel"],
         # the PyTorch peer for the speed benchmark only; 2.13.0 is the CPU build
         "bench": ["torch==2.13.0", "setuptools<81"],
     },

@@ -138,8 +138,14 @@ class Captioner(object):
             or ``{"photo", "error": message}``; ``photo`` is the path, or the
             row number for arrays.
         """
+        from .generate import check_options
         if greedy and sample:
             raise UserError("choose greedy or sample, not both")
+        check_options(beam=None if (greedy or sample) else beam, max_len=max_len,
+                      temperature=temperature if sample else None, n=n,
+                      seed=seed if sample else None)
+        if n > 1 and not sample:
+            raise UserError("-n %d needs --sample (beam and greedy give one caption)" % n)
         if _are_codes(photos, self.model.config.code_size):
             codes, errors = np.asarray(photos, np.float32), {}
         else:
@@ -243,11 +249,15 @@ def build_parser():
 
 
 def main(argv=None):
+    from .generate import check_options
     args = build_parser().parse_args(argv)
-    if args.beam < 1 or args.n < 1 or args.max_len < 1 or args.temperature <= 0:
-        raise UserError("--beam, -n and --max-len must be at least 1, --temperature positive")
+    # every option is checked before the checkpoint and the photos are read
+    check_options(beam=args.beam, n=args.n, max_len=args.max_len, temperature=args.temperature,
+                  seed=args.seed)
     if args.n > 1 and not args.sample:
         raise UserError("-n %d needs --sample (beam and greedy give one caption)" % args.n)
+    if args.temperature != 1.0 and not args.sample:
+        raise UserError("--temperature needs --sample (beam and greedy do not sample)")
     captioner = Captioner.from_checkpoint(args.checkpoint, args.model, args.vocab)
     results = captioner.run(args.photos, beam=args.beam, greedy=args.greedy, sample=args.sample,
                             temperature=args.temperature, n=args.n, seed=args.seed,

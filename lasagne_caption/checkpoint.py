@@ -19,7 +19,6 @@ with an unpickler that only builds numpy arrays and plain containers.
 """
 import glob
 import hashlib
-import io
 import json
 import os
 import pickle
@@ -42,7 +41,7 @@ def safe_load_arrays(path):
     except FileNotFoundError:
         raise UserError("%s: checkpoint not found" % path)
     try:
-        values = safe_pickle.load(io.BytesIO(data), allow=safe_pickle.NUMPY_ARRAYS)
+        values = safe_pickle.loads(data, allow=safe_pickle.NUMPY_ARRAYS)
     except safe_pickle.Refused as exc:
         raise UserError("%s: not a plain parameter pickle (%s); refusing to load it"
                         % (path, exc))

@@ -135,6 +135,56 @@ def _patch_theano():
     if not hasattr(theano.graph, "Variable"):
         theano.graph.Variable = theano.graph.basic.Variable
 
+    # Theano 1.0 exported the graph's Variable at the top level; Lasagne 0.1's
+    # tests build `theano.Variable(...)` (test_helper)
+    if not hasattr(theano, "Variable"):
+        theano.Variable = theano.graph.basic.Variable
+
+    # ... with any object as its type, as Theano 0.7 allowed (`theano.Variable(
+    # "myvariable")`); theano-pymc reads `type.filter` to check test values:
+    # a type without `filter` gets a check that accepts any test value
+    variable_cls = theano.graph.basic.Variable
+    if not hasattr(variable_cls.__init__, "__wrapped__"):
+        import functools
+        typed_init = variable_cls.__init__
+        any_type = types.SimpleNamespace(filter=lambda value, *args, **kw: value)
+
+        @functools.wraps(typed_init)
+        def __init__(self, type, *args, **kwargs):
+            if hasattr(type, "filter"):
+                return typed_init(self, type, *args, **kwargs)
+            typed_init(self, any_type, *args, **kwargs)
+            self.type = type
+
+        variable_cls.__init__ = __init__
+
+    # `theano.gof.graph` (Lasagne 0.1's tests: `is_same_graph` on objectives'
+    # aggregate) became theano.graph.basic, and is_same_graph moved to
+    # theano.graph.toolbox: one module with both, as Theano 1.0 had it
+    if "theano.gof.graph" not in sys.modules:
+        import theano.graph.basic
+        import theano.graph.toolbox
+        gof_graph = types.ModuleType("theano.gof.graph")
+        gof_graph.__doc__ = "Theano 1.0's theano.gof.graph (is_same_graph included)."
+        gof_graph.__dict__.update((k, v) for k, v in vars(theano.graph.basic).items()
+                                  if not k.startswith("__"))
+        gof_graph.is_same_graph = theano.graph.toolbox.is_same_graph
+        sys.modules[gof_graph.__name__] = gof_graph
+        theano.graph.graph = gof_graph      # theano.gof is theano.graph
+
+    # `theano.scan_module.scan_utils` is now theano.scan.utils (Lasagne 0.1's
+    # test_regularization imports equal_computations from it); the theano.scan
+    # attribute is the scan function, so the package is taken from sys.modules
+    if "theano.scan_module" not in sys.modules:
+        import theano.scan.utils
+        scan_utils = sys.modules["theano.scan.utils"]
+        scan_module = types.ModuleType("theano.scan_module")
+        scan_module.__doc__ = "Theano 1.0's name for the theano.scan package."
+        scan_module.scan, scan_module.scan_utils = theano.scan, scan_utils
+        sys.modules[scan_module.__name__] = scan_module
+        sys.modules["theano.scan_module.scan_utils"] = scan_utils
+        theano.scan_module = scan_module
+
     if "theano.tensor.signal.downsample" not in sys.modules:
         downsample = types.ModuleType("theano.tensor.signal.downsample")
         downsample.__doc__ = "Lasagne 0.1's name for theano.tensor.signal.pool."
@@ -167,3 +217,30 @@ def apply():
 
 
 apply()
+
+
+# Lasagne 0.1's own recurrent classes, kept for comparison and for code that
+# asks for 0.1's behaviour by name (see install_master_recurrent_layers)
+LASAGNE_01_RECURRENT = {}
+
+
+def install_master_recurrent_layers():
+    """Make ``lasagne.layers.LSTMLayer``/``GRULayer`` Lasagne master's.
+
+    The seminar's notebook builds ``LSTMLayer(..., cell_init=<a Layer>)``,
+    which only Lasagne master accepts, and its weights were trained with
+    master's equations (output-gate peephole inside the sigmoid). PyPI has
+    only 0.1, so ``import lasagne_caption`` puts the toolkit's master-faithful
+    classes (:mod:`lasagne_caption.layers.recurrent`) where the notebook looks
+    for them: ``lasagne.layers`` (so ``from lasagne.layers import *`` and
+    ``lasagne.layers.LSTMLayer`` give them). The module
+    ``lasagne.layers.recurrent`` keeps 0.1's classes (their ``super()`` calls
+    look themselves up there); they are also in :data:`LASAGNE_01_RECURRENT`.
+    Safe to call many times.
+    """
+    import lasagne.layers
+    import lasagne.layers.recurrent as recurrent
+    from .layers import recurrent as ours
+    for name in ("LSTMLayer", "GRULayer"):
+        LASAGNE_01_RECURRENT.setdefault(name, getattr(recurrent, name))
+        setattr(lasagne.layers, name, getattr(ours, name))

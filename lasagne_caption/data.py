@@ -22,7 +22,9 @@ capped at 5000 (and at least 1 when N >= 3). Indices are sorted in each split.
 Run ``python -m lasagne_caption.data --help`` for the command line.
 """
 import argparse
+import contextlib
 import datetime
+import io
 import json
 import os
 import pathlib
@@ -38,6 +40,7 @@ from tqdm import tqdm
 
 from . import safe_pickle
 from .errors import UserError, run_cli
+from .files import current_umask, exclusive_lock
 from .vocab import END, START, Vocabulary, tokenize
 
 SPLITS = ("train", "val", "test")
@@ -46,6 +49,10 @@ NAMES, SPLITS_FILE, META = "image_names.txt", "splits.json", "dataset.json"
 FLICKR_SPLITS = {"train": "Flickr_8k.trainImages.txt", "val": "Flickr_8k.devImages.txt",
                  "test": "Flickr_8k.testImages.txt"}
 FLICKR_FEATURES = {"logits": "mobilenet_v2_logits.npy", "pool": "mobilenet_v2_pool.npy"}
+# dataset.json of a folder this module wrote says so; only these files are ever in it
+DATASET_FORMAT = "lasagne-caption dataset 1"
+DATASET_FILES = (CODES, CAPTIONS, NAMES, SPLITS_FILE, META)
+SOURCES = ("flickr8k", "coco", "seminar")
 
 
 class DataWarning(UserWarning):
@@ -58,11 +65,21 @@ def _warn(message):
 
 # ---------------------------------------------------------------- readers
 
+def _check_pickle_opcodes(data, path):
+    """:func:`safe_pickle.check_opcodes`, as a one-line UserError naming ``path``."""
+    try:
+        safe_pickle.check_opcodes(data)
+    except safe_pickle.Corrupt as exc:
+        raise UserError("%s: truncated or corrupt pickle (%s)" % (path, exc))
+
+
 def read_caption_pickle(path):
     """Read ``caption_tokens.pcl``: one list of caption strings per image.
 
     Python 2 ``str`` arrives as ``str`` (latin1); ``bytes`` are decoded as
-    latin1 too, so both spellings of a file give the same text.
+    latin1 too, so both spellings of a file give the same text. The file is
+    read whole and its opcodes checked first (:func:`_check_pickle_opcodes`),
+    so memory stays proportional to its size.
 
     Returns
     -------
@@ -75,44 +92,92 @@ def read_caption_pickle(path):
     """
     try:
         with open(path, "rb") as f:
-            value = safe_pickle.load(f)
+            data = f.read()
     except OSError as exc:
-        raise UserError("%s: cannot read (%s)" % (path, exc.strerror))
+        raise UserError("%s: cannot read (%s)" % (path, exc.strerror or exc))
+    _check_pickle_opcodes(data, path)
+    try:
+        value = safe_pickle.load(io.BytesIO(data))
     except safe_pickle.Refused as exc:
         raise UserError("%s: refused to unpickle %s (only lists of strings are allowed)" % (path, exc))
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, IndexError, KeyError) as exc:
-        raise UserError("%s: truncated or corrupt pickle (%s)" % (path, exc or type(exc).__name__))
+    except MemoryError:
+        raise UserError("%s: corrupt pickle (it needs more memory than this machine has)" % path)
+    except Exception as exc:   # only data opcodes run: any failure means a bad file
+        raise UserError("%s: truncated or corrupt pickle (%s)"
+                        % (path, str(exc).splitlines()[0] if str(exc) else type(exc).__name__))
     if not isinstance(value, list):
         raise UserError("%s: expected a list of caption lists, got %s" % (path, type(value).__name__))
     for i, entry in enumerate(value):
         if not isinstance(entry, list) or not all(isinstance(c, (str, bytes)) for c in entry):
-            raise UserError("%s: entry %d is not a list of caption strings" % (path, i))
+            raise UserError("%s: entry %d is not a list of caption strings (got %s)"
+                            % (path, i, _describe(entry)))
         value[i] = [c.decode("latin1") if isinstance(c, bytes) else c for c in entry]
     return value
 
 
+def _describe(value):
+    if isinstance(value, list):
+        bad = [type(c).__name__ for c in value if not isinstance(c, (str, bytes))]
+        return "a list holding %s" % bad[0] if bad else "a list"
+    return type(value).__name__
+
+
 def read_codes(path):
-    """Read a 2-D ``.npy`` of finite numbers as float32.
+    """Read a 2-D ``.npy`` array of finite floats as float32.
+
+    The header is checked before any data is read: the shape must be 2-D
+    with at least one row and one column, the type a float, and the file
+    must hold all the bytes the header promises (so a damaged header cannot
+    make numpy allocate more than the file holds).
 
     Raises
     ------
     UserError
-        Missing, truncated, not 2-D, or containing NaN/inf.
+        Missing, truncated, an ``.npz`` archive, not 2-D, empty, not float,
+        or containing NaN/inf (also values beyond float32's range).
     """
     try:
-        codes = np.load(path, allow_pickle=False)
+        f = open(path, "rb")
     except OSError as exc:
         raise UserError("%s: cannot read codes (%s)" % (path, exc.strerror or exc))
-    except (ValueError, EOFError) as exc:
-        raise UserError("%s: truncated or not a .npy file (%s)" % (path, exc))
-    if codes.ndim != 2 or not np.issubdtype(codes.dtype, np.number):
-        raise UserError("%s: codes must be a 2-D numeric array, got %s %s"
-                        % (path, codes.dtype, codes.shape))
-    codes = codes.astype("float32", copy=False)
+    with f:
+        magic = f.read(6)
+        if magic[:4] == b"PK\x03\x04":
+            raise UserError("%s: an .npz archive, not a .npy array; save the codes with "
+                            "numpy.save (one float array [images, code size])" % path)
+        if magic != b"\x93NUMPY":
+            raise UserError("%s: truncated or not a .npy file (no .npy header)" % path)
+        try:
+            f.seek(0)
+            version = np.lib.format.read_magic(f)
+            shape, fortran, dtype = np.lib.format._read_array_header(f, version)
+        except Exception as exc:   # a damaged header: ValueError, SyntaxError, ...
+            raise UserError("%s: truncated or not a .npy file (%s)"
+                            % (path, str(exc).splitlines()[0] if str(exc) else type(exc).__name__))
+        if len(shape) != 2:
+            raise UserError("%s: codes must be a 2-D numeric array [images, code size], got %s %s"
+                            % (path, dtype, shape))
+        if dtype.hasobject or dtype.kind != "f":
+            raise UserError("%s: codes must be floats, got %s %s" % (path, dtype, shape))
+        if shape[0] == 0 or shape[1] == 0:
+            raise UserError("%s: codes of shape %s hold no %s"
+                            % (path, shape, "images" if shape[0] == 0 else "values per image"))
+        available = os.fstat(f.fileno()).st_size - f.tell()
+        needed = shape[0] * shape[1] * dtype.itemsize
+        if available < needed:
+            raise UserError("%s: truncated or not a .npy file (%d bytes of data for %s %s, "
+                            "which needs %d)" % (path, available, dtype, shape, needed))
+        try:
+            f.seek(0)
+            codes = np.load(f, allow_pickle=False)
+        except (ValueError, EOFError, OSError) as exc:
+            raise UserError("%s: truncated or not a .npy file (%s)" % (path, exc))
+    with np.errstate(over="ignore", invalid="ignore"):
+        codes = codes.astype("float32", copy=False)
     bad = ~np.isfinite(codes).all(axis=1)
     if bad.any():
-        raise UserError("%s: %d rows contain NaN or inf (first: row %d)"
-                        % (path, bad.sum(), bad.argmax()))
+        raise UserError("%s: %d rows contain NaN or inf (first: row %d; values beyond "
+                        "float32's range count too)" % (path, bad.sum(), bad.argmax()))
     return codes
 
 
@@ -229,6 +294,8 @@ class CaptionDataset:
             raise UserError("%s: unknown split %r (valid: %s)"
                             % (self.path, name, ", ".join(self.splits)))
         ix = self.splits[name]
+        if not len(ix):
+            raise UserError("%s: the %s split has no images" % (self.path, name))
         return self.codes[ix], [self.captions[i] for i in ix]
 
     def vocabulary(self, min_count=5):
@@ -245,15 +312,26 @@ def default_splits(n, seed=0):
 
 
 def _read_splits(path, n):
+    """``splits.json``: an object of split name -> list of distinct row numbers."""
     try:
-        with open(path, encoding="utf-8") as f:
-            raw = json.load(f)
-        splits = {str(k): np.asarray(v, dtype="int64").reshape(-1) for k, v in raw.items()}
-    except (OSError, ValueError, TypeError, AttributeError) as exc:
-        raise UserError("%s: not a JSON object of index lists (%s)" % (path, exc))
-    for name, ix in splits.items():
-        if len(ix) and (ix.min() < 0 or ix.max() >= n):
+        with open(path, "rb") as f:
+            raw = json.loads(f.read().decode("utf-8"))
+    except OSError as exc:
+        raise UserError("%s: cannot read (%s)" % (path, exc.strerror or exc))
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise UserError("%s: not JSON (%s)" % (path, str(exc).splitlines()[0]))
+    if not isinstance(raw, dict):
+        raise UserError("%s: expected a JSON object of index lists, got %s"
+                        % (path, type(raw).__name__))
+    splits = {}
+    for name, ix in raw.items():
+        if not isinstance(ix, list) or not all(type(i) is int for i in ix):
+            raise UserError("%s: split %r is not a list of row numbers" % (path, name))
+        if ix and (min(ix) < 0 or max(ix) >= n):
             raise UserError("%s: split %r has rows outside 0..%d" % (path, name, n - 1))
+        if len(set(ix)) != len(ix):
+            raise UserError("%s: split %r lists a row twice" % (path, name))
+        splits[str(name)] = np.array(ix, dtype="int64")
     return splits
 
 
@@ -296,58 +374,232 @@ def load_dataset(path):
             raise UserError("%s: %d names for %d rows of codes" % (path / NAMES, len(names), len(codes)))
     splits = (_read_splits(path / SPLITS_FILE, len(codes)) if (path / SPLITS_FILE).exists()
               else default_splits(len(codes)))
-    meta = {}
-    if (path / META).exists():
-        try:
-            meta = json.loads((path / META).read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, ValueError) as exc:
-            raise UserError("%s: not JSON (%s)" % (path / META, exc))
+    meta = _read_meta(path / META) if (path / META).exists() else {}
     return CaptionDataset(path, codes, captions, names, splits, meta)
 
 
-class _Staging:
-    """A ``NAME.tmp-XXXX`` folder renamed to ``NAME`` only on success, so an
-    interrupted run never leaves a folder that looks like a finished dataset."""
+def _read_meta(path):
+    try:
+        meta = json.loads(path.read_bytes().decode("utf-8"))
+    except OSError as exc:
+        raise UserError("%s: cannot read (%s)" % (path, exc.strerror or exc))
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise UserError("%s: not JSON (%s)" % (path, str(exc).splitlines()[0]))
+    if not isinstance(meta, dict):
+        raise UserError("%s: expected a JSON object, got %s" % (path, type(meta).__name__))
+    return meta
 
-    def __init__(self, out_dir, force):
-        self.out = pathlib.Path(out_dir)
-        if self.out.exists() and not force:
-            raise UserError("%s: already exists (use --force to replace it)" % self.out)
-        self.out.parent.mkdir(parents=True, exist_ok=True)
+
+def _describe_dataset(path):
+    """``(summary, problem)`` of an existing folder: a summary when this module
+    made it (``dataset.json`` and only the layout's files), else a problem."""
+    try:
+        entries = sorted(os.listdir(path))
+    except OSError as exc:
+        return None, "cannot list it (%s)" % (exc.strerror or exc)
+    meta = None
+    if META in entries:
+        try:
+            meta = json.loads((path / META).read_bytes().decode("utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError, RecursionError):
+            meta = None
+    ours = isinstance(meta, dict) and (
+        meta.get("format") == DATASET_FORMAT
+        or (meta.get("source") in SOURCES and "created" in meta and "images" in meta))
+    if not ours:
+        return None, ("it is not a dataset folder made by 'lasagne_caption.data prepare' "
+                      "(no %s of ours in it)" % META)
+    others = [e for e in entries if e not in DATASET_FILES]
+    if others:
+        return None, ("besides a dataset it holds %d other entr%s (%s)"
+                      % (len(others), "y" if len(others) == 1 else "ies", ", ".join(others[:3])))
+    return ("a %s dataset of %s images made %s" % (meta.get("source"), meta.get("images"),
+                                                 meta.get("created"))), None
+
+
+def _inside(inner, outer):
+    """Whether real path ``inner`` is ``outer`` or below it."""
+    return os.path.commonpath([inner, outer]) == outer
+
+
+class _Output:
+    """The folder a prepare command writes, checked before anything is read.
+
+    * ``--out`` must not be, contain or lie inside any input (the source, the
+      codes, the names, the encoder model);
+    * an existing ``--out`` is replaced only with ``force`` and only when it
+      is a dataset this module made (its ``dataset.json``) holding nothing but
+      the layout's files; an empty folder is used as is; anything else is
+      refused;
+    * while the ``with`` block runs, ``OUT.lock`` is locked (``flock``): a
+      second process preparing into the same folder gets a one-line error;
+    * :meth:`staging` gives a ``OUT.tmp-XXXX`` folder renamed to ``OUT`` only
+      on success, so a failure or a kill never leaves a half-written dataset
+      under the name and never touches the old one.
+    """
+
+    def __init__(self, out_dir, force=False, inputs=()):
+        if out_dir is None or not os.fspath(out_dir).strip():
+            raise UserError("the output folder (--out) is empty")
+        self.given = os.fspath(out_dir)
+        self.out = pathlib.Path(os.path.abspath(self.given))
+        self.force = force
+        self.inputs = [os.fspath(p) for p in inputs if p is not None]
+        self.summary = None
+        self.check()
+
+    def check(self):
+        """Refuse an output that overlaps an input or that must not be replaced."""
+        real_out = os.path.realpath(self.out)
+        for given in self.inputs:
+            real_in = os.path.realpath(given)
+            if real_in == real_out:
+                raise UserError("--out %s is the input %s itself; choose another output folder"
+                                % (self.given, given))
+            if _inside(real_out, real_in):
+                raise UserError("--out %s is inside the input %s; choose an output folder "
+                                "outside it" % (self.given, given))
+            if _inside(real_in, real_out):
+                raise UserError("--out %s contains the input %s; replacing it would delete "
+                                "the input, choose another output folder" % (self.given, given))
+        self.summary = None
+        if os.path.islink(self.out):
+            raise UserError("--out %s is a symbolic link; give the folder itself" % self.given)
+        if not os.path.lexists(self.out):
+            return
+        if not self.out.is_dir():
+            raise UserError("--out %s exists and is not a folder; refusing to replace it"
+                            % self.given)
+        try:
+            empty = not os.listdir(self.out)
+        except OSError as exc:
+            raise UserError("--out %s: cannot list it (%s)" % (self.given, exc.strerror or exc))
+        if empty:
+            return
+        summary, problem = _describe_dataset(self.out)
+        if problem:
+            raise UserError("--out %s already exists and %s; refusing to replace it, "
+                            "choose another output folder" % (self.given, problem))
+        if not self.force:
+            raise UserError("--out %s already exists (%s); use --force to replace it"
+                            % (self.given, summary))
+        self.summary = summary
+
+    def _siblings(self, kind):
+        prefix = self.out.name + kind
+        try:
+            names = os.listdir(self.out.parent)
+        except OSError:
+            return []
+        return [self.out.parent / n for n in names
+                if n.startswith(prefix) and len(n) == len(prefix) + 8]
 
     def __enter__(self):
-        self.tmp = pathlib.Path(tempfile.mkdtemp(prefix=self.out.name + ".tmp-", dir=self.out.parent))
-        return self.tmp
+        try:
+            self.out.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UserError("--out %s: cannot create %s (%s)"
+                            % (self.given, self.out.parent, exc.strerror or exc))
+        self._lock = exclusive_lock(str(self.out) + ".lock", self.given)
+        self._lock.__enter__()
+        try:
+            self._recover()
+            self.check()   # again, now that no other prepare can change it
+        except BaseException:
+            self._lock.__exit__(None, None, None)
+            raise
+        return self
 
     def __exit__(self, kind, exc, tb):
-        if kind is not None:
-            shutil.rmtree(self.tmp, ignore_errors=True)
-            return False
-        old = None
-        if self.out.exists():
-            old = self.out.with_name(self.tmp.name.replace(".tmp-", ".old-"))
-            self.out.rename(old)
-        self.tmp.rename(self.out)
-        if old is not None:
-            shutil.rmtree(old)
+        self._lock.__exit__(kind, exc, tb)
         return False
 
+    def _recover(self):
+        """Clean up after a prepare that was killed (we hold the lock: it is dead)."""
+        if not os.path.lexists(self.out):
+            # killed between moving the old dataset aside and moving the new one in
+            old = [p for p in self._siblings(".old-") if _describe_dataset(p)[1] is None]
+            if old:
+                old[0].rename(self.out)
+                print("restored %s from %s, left by an interrupted run" % (self.given, old[0].name))
+        for leftover in self._siblings(".tmp-") + self._siblings(".old-"):
+            if leftover.is_dir() and not leftover.is_symlink() and \
+                    all(n in DATASET_FILES for n in os.listdir(leftover)):
+                _remove_dataset_files(leftover)
 
-def _write_dataset(out_dir, force, codes, captions, names, splits, source, features):
+    @contextlib.contextmanager
+    def staging(self):
+        """A fresh folder to write the dataset into; it becomes ``OUT`` on success."""
+        tmp = pathlib.Path(tempfile.mkdtemp(prefix=self.out.name + ".tmp-", dir=self.out.parent))
+        os.chmod(tmp, 0o777 & ~current_umask())   # as mkdir would, not mkdtemp's 0700
+        try:
+            yield tmp
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        old = None
+        try:
+            if os.path.lexists(self.out) and os.listdir(self.out):
+                old = self.out.with_name(tmp.name.replace(".tmp-", ".old-"))
+                self.out.rename(old)
+            tmp.rename(self.out)   # replaces an empty folder
+        except OSError as exc:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if old is not None and not os.path.lexists(self.out):
+                old.rename(self.out)
+            raise UserError("--out %s: cannot move the new dataset into place (%s)"
+                            % (self.given, exc.strerror or exc))
+        if old is not None:
+            if not _remove_dataset_files(old):
+                _warn("%s: the previous dataset was kept in %s (something was added to it "
+                      "meanwhile)" % (self.given, old))
+            print("replaced %s in %s" % (self.summary or "the previous dataset", self.given))
+
+
+def _remove_dataset_files(folder):
+    """Delete the layout's files in ``folder`` and the folder, nothing else."""
+    for name in DATASET_FILES:
+        try:
+            (folder / name).unlink()
+        except FileNotFoundError:
+            pass
+    try:
+        folder.rmdir()
+    except OSError:
+        return False
+    return True
+
+
+def _check_splits(splits, where):
+    for name in ("train", "val"):
+        if not len(splits.get(name, ())):
+            raise UserError("%s: the %s split would have no images; a dataset needs train and "
+                            "val images" % (where, name))
+    if not len(splits.get("test", ())):
+        _warn("%s: the test split has no images" % where)
+
+
+def _write_dataset(output, codes, captions, names, splits, source, features, where):
     """Write the layout: captions as space-joined tokens, the seminar's own format."""
+    _check_splits(splits, where)
     texts = [[" ".join(tokenize(c)) for c in entry] for entry in captions]
-    with _Staging(out_dir, force) as tmp:
+    with output.staging() as tmp:
         np.save(tmp / CODES, np.ascontiguousarray(codes, dtype="float32"))
         with open(tmp / CAPTIONS, "wb") as f:
             pickle.dump(texts, f, protocol=2)
         (tmp / NAMES).write_text("".join(n + "\n" for n in names), encoding="utf-8")
-        (tmp / SPLITS_FILE).write_text(json.dumps({k: [int(i) for i in v] for k, v in splits.items()}))
-        meta = {"source": source, "features": features,
-                "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                "images": len(codes), "captions": sum(map(len, texts)), "code_size": int(codes.shape[1]),
-                "splits": {k: len(v) for k, v in splits.items()}}
-        (tmp / META).write_text(json.dumps(meta, indent=2) + "\n")
-    return pathlib.Path(out_dir)
+        _write_meta(tmp, splits, source, features, len(codes), sum(map(len, texts)),
+                    int(codes.shape[1]))
+    return pathlib.Path(output.given)
+
+
+def _write_meta(folder, splits, source, features, images, captions, code_size):
+    (folder / SPLITS_FILE).write_text(json.dumps({k: [int(i) for i in v] for k, v in splits.items()}))
+    meta = {"format": DATASET_FORMAT, "source": source, "features": features,
+            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "images": images, "captions": captions, "code_size": code_size,
+            "splits": {k: len(v) for k, v in splits.items()}}
+    (folder / META).write_text(json.dumps(meta, indent=2) + "\n")
 
 
 # ---------------------------------------------------------------- prepare
@@ -387,7 +639,9 @@ def prepare_flickr8k(source, out_dir, features="logits", force=False, model_path
 
     Images without codes (in ``codes/``) or without captions are dropped with
     a warning. Without ``codes/``, the photos in ``images/`` go to
-    :func:`encode_images` (MobileNetV2 from ``model_path``).
+    :func:`encode_images` (MobileNetV2 from ``model_path``). A split list that
+    names an image found neither in the captions nor in the codes, or a
+    train or val split left without images, is an error.
 
     Returns
     -------
@@ -397,37 +651,44 @@ def prepare_flickr8k(source, out_dir, features="logits", force=False, model_path
     source = pathlib.Path(source)
     if features not in FLICKR_FEATURES:
         raise UserError("unknown features %r (valid: %s)" % (features, ", ".join(FLICKR_FEATURES)))
-    captions = read_flickr8k_captions(source / "Flickr8k.token.txt")
-    split_names = {s: [line for _, line in read_lines(source / f)] for s, f in FLICKR_SPLITS.items()}
-    if (source / "codes").is_dir():
-        code_names = [line for _, line in read_lines(source / "codes" / NAMES)]
-        codes = read_codes(source / "codes" / FLICKR_FEATURES[features])
-        if len(codes) != len(code_names):
-            raise UserError("%s: %d rows but %s has %d names" % (
-                source / "codes" / FLICKR_FEATURES[features], len(codes), NAMES, len(code_names)))
-    elif (source / "images").is_dir():
-        codes, code_names = encode_images(sorted((source / "images").glob("*.jpg")), features,
-                                          model_path)
-    else:
-        raise UserError("%s: neither codes/ nor images/ found" % source)
-    row_of = {n: i for i, n in enumerate(code_names)}
-    if len(row_of) != len(code_names):
-        raise UserError("%s: repeated image names" % (source / "codes" / NAMES))
-    names = [n for n in code_names if n in captions]
-    if not names:
-        raise UserError("%s: no caption ids match the codes' image names" % (source / "Flickr8k.token.txt"))
-    dropped = sorted(set(captions) - set(names)) + sorted(set(code_names) - set(captions))
-    if dropped:
-        _warn("%s: dropped %d images that lack codes or captions (%s)"
-              % (source, len(dropped), ", ".join(dropped[:3])))
-    new_row = {n: i for i, n in enumerate(names)}
-    splits = {s: np.array(sorted(new_row[n] for n in split_names[s] if n in new_row), dtype="int64")
-              for s in SPLITS}
-    if len(set().union(*map(set, splits.values()))) != sum(map(len, splits.values())):
-        raise UserError("%s: the train/dev/test image lists overlap" % source)
-    return _write_dataset(out_dir, force, codes[[row_of[n] for n in names]],
-                          [captions[n] for n in names], names, splits,
-                          "flickr8k", "mobilenet_v2_" + features)
+    with _Output(out_dir, force, [source, model_path]) as output:
+        captions = read_flickr8k_captions(source / "Flickr8k.token.txt")
+        split_lines = {s: read_lines(source / f) for s, f in FLICKR_SPLITS.items()}
+        if (source / "codes").is_dir():
+            code_names = [line for _, line in read_lines(source / "codes" / NAMES)]
+            codes = read_codes(source / "codes" / FLICKR_FEATURES[features])
+            if len(codes) != len(code_names):
+                raise UserError("%s: %d rows but %s has %d names" % (
+                    source / "codes" / FLICKR_FEATURES[features], len(codes), NAMES, len(code_names)))
+        elif (source / "images").is_dir():
+            codes, code_names = encode_images(sorted((source / "images").glob("*.jpg")), features,
+                                              model_path)
+        else:
+            raise UserError("%s: neither codes/ nor images/ found" % source)
+        row_of = {n: i for i, n in enumerate(code_names)}
+        if len(row_of) != len(code_names):
+            raise UserError("%s: repeated image names" % (source / "codes" / NAMES))
+        names = [n for n in code_names if n in captions]
+        if not names:
+            raise UserError("%s: no caption ids match the codes' image names" % (source / "Flickr8k.token.txt"))
+        dropped = sorted(set(captions) - set(names)) + sorted(set(code_names) - set(captions))
+        if dropped:
+            _warn("%s: dropped %d images that lack codes or captions (%s)"
+                  % (source, len(dropped), ", ".join(dropped[:3])))
+        for split, lines in split_lines.items():
+            for n, name in lines:
+                if name not in captions and name not in row_of:
+                    raise UserError("%s:%d: image %s is in neither Flickr8k.token.txt nor the codes"
+                                    % (source / FLICKR_SPLITS[split], n, name))
+        new_row = {n: i for i, n in enumerate(names)}
+        splits = {s: np.array(sorted({new_row[name] for _, name in split_lines[s] if name in new_row}),
+                              dtype="int64") for s in SPLITS}
+        if len(set().union(*map(set, splits.values()))) != sum(map(len, splits.values())):
+            raise UserError("%s: the train/dev/test image lists overlap" % source)
+        return _write_dataset(output, codes[[row_of[n] for n in names]],
+                              [captions[n] for n in names], names, splits,
+                              "flickr8k", "mobilenet_v2_" + features,
+                              "%s (its Flickr_8k.*Images.txt lists)" % source)
 
 
 def prepare_coco(json_path, out_dir, codes=None, names=None, force=False):
@@ -447,29 +708,33 @@ def prepare_coco(json_path, out_dir, codes=None, names=None, force=False):
     if codes is None:
         raise UserError("%s: COCO photos need codes: pass --codes FILE.npy --names FILE.txt "
                         "(encoding COCO photos is not supported yet)" % json_path)
-    ids, files, captions = read_coco(json_path)
-    code_array = read_codes(codes)
-    if names is None:
-        with open(json_path, encoding="utf-8") as f:
-            all_ids = [img["id"] for img in json.load(f)["images"]]
-        if len(all_ids) != len(code_array):
-            raise UserError("%s: %d rows but %s has %d images (pass --names)"
-                            % (codes, len(code_array), json_path, len(all_ids)))
-        code_keys = [str(i) for i in all_ids]
-    else:
-        code_keys = [line for _, line in read_lines(names)]
-        if len(code_keys) != len(code_array):
-            raise UserError("%s: %d names for %d rows of %s" % (names, len(code_keys), len(code_array), codes))
-    row_of = {k: i for i, k in enumerate(code_keys)}
-    rows = [row_of.get(f, row_of.get(str(i))) for i, f in zip(ids, files)]
-    keep = [j for j, r in enumerate(rows) if r is not None]
-    if not keep:
-        raise UserError("%s: none of its image ids match the names of %s" % (json_path, codes))
-    if len(keep) < len(ids):
-        _warn("%s: dropped %d images without codes" % (json_path, len(ids) - len(keep)))
-    return _write_dataset(out_dir, force, code_array[[rows[j] for j in keep]],
-                          [captions[j] for j in keep], [files[j] for j in keep],
-                          default_splits(len(keep)), "coco", str(codes))
+    with _Output(out_dir, force, [json_path, codes, names]) as output:
+        ids, files, captions = read_coco(json_path)
+        code_array = read_codes(codes)
+        if names is None:
+            with open(json_path, encoding="utf-8") as f:
+                all_ids = [img["id"] for img in json.load(f)["images"]]
+            if len(all_ids) != len(code_array):
+                raise UserError("%s: %d rows but %s has %d images (pass --names)"
+                                % (codes, len(code_array), json_path, len(all_ids)))
+            code_keys = [str(i) for i in all_ids]
+        else:
+            code_keys = [line for _, line in read_lines(names)]
+            if len(code_keys) != len(code_array):
+                raise UserError("%s: %d names for %d rows of %s" % (names, len(code_keys), len(code_array), codes))
+        row_of = {k: i for i, k in enumerate(code_keys)}
+        if len(row_of) != len(code_keys):
+            raise UserError("%s: repeated image names" % (names or json_path))
+        rows = [row_of.get(f, row_of.get(str(i))) for i, f in zip(ids, files)]
+        keep = [j for j, r in enumerate(rows) if r is not None]
+        if not keep:
+            raise UserError("%s: none of its image ids match the names of %s" % (json_path, codes))
+        if len(keep) < len(ids):
+            _warn("%s: dropped %d images without codes" % (json_path, len(ids) - len(keep)))
+        return _write_dataset(output, code_array[[rows[j] for j in keep]],
+                              [captions[j] for j in keep], [files[j] for j in keep],
+                              default_splits(len(keep)), "coco", str(codes),
+                              "%s (%d images with codes)" % (json_path, len(keep)))
 
 
 def _safe_member(name):
@@ -490,30 +755,29 @@ def prepare_seminar(source, out_dir, force=False):
 
     Only the two data files are taken from an archive, streamed to names we
     choose; an archive with absolute or ``..`` member names is refused.
-    The split is :func:`default_splits`.
+    The split is the folder's ``splits.json`` or :func:`default_splits`.
     """
     source = pathlib.Path(source)
-    with _Staging(out_dir, force) as tmp:
+    with _Output(out_dir, force, [source]) as output:
         if source.is_dir():
             dataset = load_dataset(source)  # check first, so errors name the user's files
-            for name in (CODES, CAPTIONS, NAMES):
-                if (source / name).exists():
-                    with open(source / name, "rb") as f:
-                        _copy_stream(f, tmp / name, (source / name).stat().st_size, name)
-        else:
-            _extract_seminar(source, tmp)
-            try:
-                dataset = load_dataset(tmp)
-            except UserError as exc:  # name the archive, not our temporary folder
-                raise UserError(str(exc).replace(str(tmp), str(source))) from None
-        (tmp / SPLITS_FILE).write_text(json.dumps(
-            {k: [int(i) for i in v] for k, v in dataset.splits.items()}))
-        (tmp / META).write_text(json.dumps({
-            "source": "seminar", "features": "googlenet", "images": len(dataset.codes),
-            "captions": sum(map(len, dataset.captions)), "code_size": dataset.code_size,
-            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "splits": {k: len(v) for k, v in dataset.splits.items()}}, indent=2) + "\n")
-    return pathlib.Path(out_dir)
+            _check_splits(dataset.splits, source)
+        with output.staging() as tmp:
+            if source.is_dir():
+                for name in (CODES, CAPTIONS, NAMES):
+                    if (source / name).exists():
+                        with open(source / name, "rb") as f:
+                            _copy_stream(f, tmp / name, (source / name).stat().st_size, name)
+            else:
+                _extract_seminar(source, tmp)
+                try:
+                    dataset = load_dataset(tmp)
+                except UserError as exc:  # name the archive, not our temporary folder
+                    raise UserError(str(exc).replace(str(tmp), str(source))) from None
+                _check_splits(dataset.splits, source)
+            _write_meta(tmp, dataset.splits, "seminar", "googlenet", len(dataset.codes),
+                        sum(map(len, dataset.captions)), dataset.code_size)
+        return pathlib.Path(output.given)
 
 
 def _extract_seminar(archive, tmp):
@@ -602,7 +866,9 @@ def _parser():
         sub = kinds.add_parser(kind, help=text, description="Prepare " + text + ".")
         sub.add_argument("--source", required=True, help=source_help)
         sub.add_argument("--out", help="dataset folder to write (default: data/%s)" % kind)
-        sub.add_argument("--force", action="store_true", help="replace an existing dataset folder")
+        sub.add_argument("--force", action="store_true",
+                         help="replace an existing dataset folder that this command made "
+                              "(other folders are never replaced)")
         if kind == "flickr8k":
             sub.add_argument("--features", choices=sorted(FLICKR_FEATURES), default="logits",
                              help="which precomputed MobileNetV2 codes to use (default: logits)")
@@ -625,7 +891,9 @@ def _parser():
     download.add_argument("kind", choices=["flickr8k"])
     download.add_argument("--dest", default="data/downloads", help="where the zips go (default: data/downloads)")
     download.add_argument("--out", help="dataset folder to write (default: data/flickr8k)")
-    download.add_argument("--force", action="store_true", help="replace an existing dataset folder")
+    download.add_argument("--force", action="store_true",
+                          help="replace an existing dataset folder that this command made "
+                               "(other folders are never replaced)")
     download.add_argument("--model", help="MobileNetV2 .tflite file to encode the photos")
     download.add_argument("--base-url", default=None, help="mirror holding Flickr8k_text.zip and "
                           "Flickr8k_Dataset.zip (default: the jbrownlee/Datasets GitHub release)")
@@ -643,6 +911,8 @@ def main(argv=None):
 
 def _run(args):
     if args.command == "info":
+        if args.min_count < 1:
+            raise UserError("--min-count must be at least 1, not %d" % args.min_count)
         ds = load_dataset(args.path)
         print("%s: %d images, %d captions, code size %d, source %s"
               % (ds.path, len(ds.codes), sum(map(len, ds.captions)), ds.code_size,
@@ -655,6 +925,8 @@ def _run(args):
     out = args.out or os.path.join("data", args.kind)
     if args.command == "download":
         from .download import BASE_URL, fetch_flickr8k
+        # refuse a bad --out before downloading a gigabyte
+        _Output(out, args.force, [args.dest, args.model])
         source = fetch_flickr8k(args.dest, args.base_url or BASE_URL)
         path = prepare_flickr8k(source, out, force=args.force, model_path=args.model)
     elif args.kind == "flickr8k":

@@ -9,10 +9,17 @@ What is checked is the text that matters for reproducibility: the
 extracted ``Flickr8k.token.txt`` and split lists must match the md5s below,
 copied from the project's reference data (``shared/data/MD5SUMS``). The
 photos are not checked; a broken zip fails to open.
+
+The source (``--base-url``) is an ``http://`` or ``https://`` address, or a
+local folder holding the two zips (a path or a ``file://`` URL), which is
+copied from instead.
 """
+import http.client
 import os
 import pathlib
+import shutil
 import urllib.error
+import urllib.parse
 import urllib.request
 import zipfile
 
@@ -49,8 +56,14 @@ def download(url, dest, timeout=60):
     dest = pathlib.Path(dest)
     if dest.exists():
         return dest
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError("%s: cannot create the folder (%s)" % (dest.parent, exc.strerror or exc))
     part = dest.with_name(dest.name + ".part")
+    local = _local_path(url)
+    if local is not None:
+        return _copy_local(local, dest, part)
     have = part.stat().st_size if part.exists() else 0
     request = urllib.request.Request(url, headers={"Range": "bytes=%d-" % have} if have else {})
     try:
@@ -60,9 +73,11 @@ def download(url, dest, timeout=60):
             part.rename(dest)
             return dest
         raise UserError("%s: HTTP error %d %s" % (url, exc.code, exc.reason))
-    except (urllib.error.URLError, OSError) as exc:
+    except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
         raise UserError("cannot reach %s: %s; download it by hand and use --source"
                         % (url, getattr(exc, "reason", exc)))
+    except ValueError as exc:   # http.client.InvalidURL and friends
+        raise UserError("%s: not a valid URL (%s)" % (url, exc))
     with response:
         if have and response.status != 206:  # the server ignored Range: start over
             have = 0
@@ -74,10 +89,42 @@ def download(url, dest, timeout=60):
                 for chunk in iter(lambda: response.read(1 << 20), b""):
                     f.write(chunk)
                     bar.update(len(chunk))
-        except OSError as exc:
+        except (OSError, http.client.HTTPException) as exc:
             raise UserError("%s: download interrupted (%s); run again to resume" % (url, exc))
     if total is not None and part.stat().st_size != total:
         raise UserError("%s: got %d of %d bytes; run again to resume" % (url, part.stat().st_size, total))
+    part.rename(dest)
+    return dest
+
+
+def _local_path(url):
+    """The file a ``file://`` URL or a plain path names; None for http(s).
+
+    Raises UserError for other URL schemes.
+    """
+    parts = urllib.parse.urlsplit(str(url))
+    scheme = parts.scheme.lower()
+    if scheme in ("http", "https"):
+        return None
+    if scheme == "file":
+        if parts.netloc not in ("", "localhost"):
+            raise UserError("%s: only local file:// URLs are supported (no host)" % url)
+        return pathlib.Path(urllib.request.url2pathname(parts.path))
+    if scheme == "" or os.path.exists(str(url)):   # "a:b/folder" is a path too
+        return pathlib.Path(url)
+    raise UserError("%s: unsupported address; give an http:// or https:// URL, or a local "
+                    "folder (a path or file:// URL)" % url)
+
+
+def _copy_local(source, dest, part):
+    """Copy a local file to ``dest`` through ``dest.part``."""
+    if not source.is_file():
+        raise UserError("%s: no such file (the --base-url folder must hold %s and %s)"
+                        % (source, TEXT_ZIP, PHOTO_ZIP))
+    try:
+        shutil.copyfile(source, part)
+    except OSError as exc:
+        raise UserError("%s: cannot copy to %s (%s)" % (source, part, exc.strerror or exc))
     part.rename(dest)
     return dest
 
@@ -119,7 +166,8 @@ def fetch_flickr8k(dest, base_url=BASE_URL):
     dest : path
         Folder for the zips and the unpacked source.
     base_url : str
-        Where ``Flickr8k_text.zip`` and ``Flickr8k_Dataset.zip`` live.
+        Where ``Flickr8k_text.zip`` and ``Flickr8k_Dataset.zip`` live: an
+        http(s) URL, or a local folder (path or ``file://`` URL).
 
     Returns
     -------
@@ -134,7 +182,13 @@ def fetch_flickr8k(dest, base_url=BASE_URL):
     """
     dest = pathlib.Path(dest)
     source = dest / "flickr8k"
-    zips = {name: download(base_url.rstrip("/") + "/" + name, dest / name) for name in (TEXT_ZIP, PHOTO_ZIP)}
+    local = _local_path(base_url)
+    if local is not None and not local.is_dir():
+        raise UserError("--base-url %s: no such folder (give an http(s):// URL or a folder "
+                        "holding %s and %s)" % (base_url, TEXT_ZIP, PHOTO_ZIP))
+    zips = {name: download(str(local / name) if local is not None
+                           else base_url.rstrip("/") + "/" + name, dest / name)
+            for name in (TEXT_ZIP, PHOTO_ZIP)}
     texts = _extract(zips[TEXT_ZIP], lambda n: n.endswith(".txt"), source, "text")
     for name, expected in TEXT_MD5.items():
         path = source / name

@@ -20,8 +20,8 @@ from .vocab import END, START
 def references_of(dataset, split):
     """``{image name: [reference caption, ...]}`` of one split, as plain text."""
     ix = dataset.splits.get(split)
-    if ix is None:
-        dataset.split(split)   # raises the one-line unknown-split error
+    if ix is None or not len(ix):
+        dataset.split(split)   # raises the one-line unknown-split / empty-split error
     return {dataset.image_names[i]: [" ".join(w for w in c if w not in (START, END))
                                      for c in dataset.captions[i]] for i in ix}
 
@@ -29,6 +29,7 @@ def references_of(dataset, split):
 def caption_split(model, dataset, split, beam=3, max_len=20, length_normalization=0.0):
     """Generated captions ``{image name: caption}`` for every image of ``split``."""
     from .generate import CaptionGenerator
+    dataset.split(split)   # one-line errors for an unknown or empty split
     ix = dataset.splits[split]
     generator = CaptionGenerator(model)
     codes = dataset.codes[ix]
@@ -40,26 +41,66 @@ def caption_split(model, dataset, split, beam=3, max_len=20, length_normalizatio
     return {dataset.image_names[i]: c for i, c in zip(ix, captions)}
 
 
+def output_stem(checkpoint, split, beam, length_normalization, out=None):
+    """``OUT/CHECKPOINT.SPLIT.beamB[.lnA]``, the common start of the written files."""
+    out = out or os.path.dirname(os.path.abspath(checkpoint))
+    stem = os.path.join(out, "%s.%s.beam%d" % (os.path.basename(checkpoint), split, beam))
+    if length_normalization:
+        stem += ".ln%g" % length_normalization
+    return stem
+
+
+OUTPUT_SUFFIXES = (".captions.json", ".scores.json", ".scores.csv")
+
+
+def check_writable(stem):
+    """Make sure the files ``STEM + suffix`` can be written, before hours of captioning.
+
+    Creates the folder if needed and writes (and removes) a probe file in it.
+    """
+    import tempfile
+    folder = os.path.dirname(stem) or "."
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as exc:
+        raise UserError("--out %s: cannot create the folder (%s)" % (folder, exc.strerror or exc))
+    if not os.path.isdir(folder):
+        raise UserError("--out %s is not a folder" % folder)
+    for suffix in OUTPUT_SUFFIXES:
+        if os.path.isdir(stem + suffix):
+            raise UserError("%s is a folder; cannot write the results there" % (stem + suffix))
+    try:
+        with tempfile.TemporaryFile(dir=folder, prefix=".evaluate-probe-"):
+            pass
+    except OSError as exc:
+        raise UserError("--out %s: cannot write there (%s)" % (folder, exc.strerror or exc))
+
+
 def evaluate(checkpoint, data=None, split="test", beam=3, max_len=20,
              length_normalization=0.0, out=None):
-    """Caption and score a split; returns ``(scores, candidates, paths written, dataset)``."""
+    """Caption and score a split; returns ``(scores, candidates, paths written, dataset)``.
+
+    Options, the checkpoint, the dataset and split are checked, and the output
+    folder tried, before anything is captioned.
+    """
+    from .generate import check_options
+    check_options(beam=beam, max_len=max_len, length_normalization=length_normalization)
     model, meta = load_model(checkpoint)
-    data = data or meta.get("data", {}).get("path")
-    if not data:
+    named = meta.get("data") if isinstance(meta, dict) else None
+    data = data or (named.get("path") if isinstance(named, dict) else None)
+    if not data or not isinstance(data, (str, os.PathLike)):
         raise UserError("%s: the metadata names no dataset; pass --data" % checkpoint)
     dataset = load_dataset(data)
     if dataset.code_size != model.config.code_size:
         raise UserError("%s: %d-d codes, but %s was trained on %d-d codes"
                         % (data, dataset.code_size, checkpoint, model.config.code_size))
     references = references_of(dataset, split)
+    stem = output_stem(checkpoint, split, beam, length_normalization, out)
+    check_writable(stem)
     started = time.time()
     candidates = caption_split(model, dataset, split, beam, max_len, length_normalization)
     seconds = time.time() - started
     scores = metrics.score_captions(references, candidates)
-    out = out or os.path.dirname(os.path.abspath(checkpoint))
-    stem = os.path.join(out, "%s.%s.beam%d" % (os.path.basename(checkpoint), split, beam))
-    if length_normalization:
-        stem += ".ln%g" % length_normalization
     metrics.write_results_json(stem + ".captions.json", candidates)
     meta_row = {"checkpoint": checkpoint, "data": str(dataset.path), "split": split,
                 "images": len(candidates), "beam": beam, "max_len": max_len,
@@ -91,9 +132,10 @@ def build_parser():
 
 
 def main(argv=None):
+    from .generate import check_options
     args = build_parser().parse_args(argv)
-    if args.beam < 1:
-        raise UserError("--beam must be at least 1")
+    check_options(beam=args.beam, max_len=args.max_len,
+                  length_normalization=args.length_normalization)
     scores, candidates, written, dataset = evaluate(args.checkpoint, args.data, args.split, args.beam,
                                            args.max_len, args.length_normalization, args.out)
     others = None

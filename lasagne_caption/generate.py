@@ -29,12 +29,59 @@ Conventions shared by every decoder:
   distribution (suppression and temperature change which word is picked,
   not how it is scored).
 """
+import math
+import numbers
+
 import lasagne
 import numpy as np
 import theano
 import theano.tensor as T
 
+from .errors import UserError
+
 DEFAULT_BATCH_SIZE = 256
+
+
+def _whole(name, value, minimum):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise UserError("%s must be a whole number of at least %d, not %r" % (name, minimum, value))
+    return int(value)
+
+
+def _real(name, value, positive):
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or (value <= 0 if positive else value < 0):
+        raise UserError("%s must be a finite number %s 0, not %r"
+                        % (name, ">" if positive else ">=", value))
+    return float(value)
+
+
+def check_options(beam=None, temperature=None, n=None, max_len=None,
+                  length_normalization=None, seed=None):
+    """Check decoding options; a :class:`UserError` naming the option if one is invalid.
+
+    ``beam``, ``n`` and ``max_len`` are whole numbers >= 1, ``temperature`` a
+    finite number > 0, ``length_normalization`` a finite number >= 0,
+    ``seed`` None or a whole number >= 0. Options left at None are not checked.
+    Messages use the command-line spelling (``--temperature``).
+    """
+    if beam is not None:
+        _whole("--beam", beam, 1)
+    if n is not None:
+        _whole("-n", n, 1)
+    if max_len is not None:
+        _whole("--max-len", max_len, 1)
+    if temperature is not None:
+        _real("--temperature", temperature, positive=True)
+    if length_normalization is not None:
+        _real("--length-normalization", length_normalization, positive=False)
+    if seed is not None:
+        _whole("--seed", seed, 0)
+
+
+def _check_finite(log_probs):
+    if np.isnan(log_probs).any():
+        raise UserError("the model produced NaN probabilities: its parameters are not finite")
 
 
 class CaptionGenerator(object):
@@ -67,8 +114,12 @@ class CaptionGenerator(object):
         return self._init_fn(np.asarray(codes, dtype="float32"))
 
     def step(self, words, states):
-        """Feed ``words`` (int (N,)); returns ``(log_probs (N, n_tokens), new states)``."""
+        """Feed ``words`` (int (N,)); returns ``(log_probs (N, n_tokens), new states)``.
+
+        Raises :class:`UserError` if the model gives NaN (non-finite parameters).
+        """
         out = self._step_fn(np.asarray(words, dtype="int32"), *states)
+        _check_finite(out[0])
         return out[0], out[1:]
 
     # -- decoders ---------------------------------------------------------
@@ -86,6 +137,7 @@ class CaptionGenerator(object):
         captions : list of str
         log_probs : float64 array (N,)
         """
+        check_options(max_len=max_len)
         return self._chunked(self._greedy, codes, max_len=max_len, suppress_unk=suppress_unk)
 
     def sample(self, codes, temperature=1.0, n=1, seed=None, max_len=20, suppress_unk=True):
@@ -99,8 +151,7 @@ class CaptionGenerator(object):
             ``n`` captions for each of the N images.
         log_probs : float64 array (N, n)
         """
-        if temperature <= 0:
-            raise ValueError("temperature must be positive, not %r" % temperature)
+        check_options(temperature=temperature, n=n, max_len=max_len, seed=seed)
         rng = np.random.default_rng(seed)
         codes = np.repeat(np.asarray(codes, dtype="float32"), n, axis=0)
         captions, log_probs = self._chunked(self._sample, codes, rng=rng, temperature=temperature,
@@ -125,8 +176,7 @@ class CaptionGenerator(object):
         log_probs : float64 array (N,)
             The raw (not length-normalised) log-probability of each caption.
         """
-        if beam < 1:
-            raise ValueError("beam must be at least 1, not %r" % beam)
+        check_options(beam=beam, max_len=max_len, length_normalization=length_normalization)
         return self._chunked(self._beam_search, codes, beam=beam, max_len=max_len,
                              alpha=length_normalization, suppress_unk=suppress_unk)
 
@@ -134,8 +184,11 @@ class CaptionGenerator(object):
     def _chunked(self, decode, codes, **kwargs):
         codes = np.asarray(codes, dtype="float32")
         if codes.ndim != 2 or codes.shape[1] != self.model.config.code_size:
-            raise ValueError("expected image codes (N, %d), got shape %s"
-                             % (self.model.config.code_size, codes.shape))
+            raise UserError("expected image codes (N, %d), got shape %s"
+                            % (self.model.config.code_size, codes.shape))
+        if not np.isfinite(codes).all():
+            raise UserError("image codes contain NaN or inf (row %d)"
+                            % (~np.isfinite(codes).all(axis=1)).argmax())
         captions, log_probs = [], []
         for start in range(0, len(codes), self.batch_size):
             c, lp = decode(codes[start:start + self.batch_size], **kwargs)
@@ -152,11 +205,16 @@ class CaptionGenerator(object):
 
     def _sample(self, codes, rng, temperature, max_len, suppress_unk):
         def pick(scores):
-            logits = scores / temperature
-            p = np.exp(logits - logits.max(axis=1, keepdims=True))
-            cdf = np.cumsum(p / p.sum(axis=1, keepdims=True), axis=1)
-            # inverse-CDF draw, one uniform number per row (vectorised rng.choice)
-            u = rng.random((len(cdf), 1))
+            # subtract the best score before dividing: no inf - inf at tiny
+            # temperatures; banned words (-inf) get probability exactly 0
+            scores = scores.astype(np.float64)   # float32 would round 1e-300 to 0
+            with np.errstate(over="ignore", under="ignore"):
+                p = np.exp((scores - scores.max(axis=1, keepdims=True)) / temperature)
+            cdf = np.cumsum(p, axis=1)
+            cdf /= cdf[:, -1:]          # the last entry is exactly 1
+            # inverse-CDF draw, one uniform number in (0, 1) per row (vectorised
+            # rng.choice): the first word whose cdf reaches u, never one of probability 0
+            u = np.maximum(rng.random((len(cdf), 1)), np.finfo(float).tiny)
             return np.minimum((cdf < u).sum(axis=1), cdf.shape[1] - 1)
         return self._decode_rowwise(codes, max_len, suppress_unk, pick)
 
@@ -238,13 +296,13 @@ def _compile_step_functions(net):
         # Show and Tell (image_inject="first_input"): the projected image is
         # the first input step, before #START#
         image = lasagne.layers.get_output(net["image_projection"], deterministic=True)
-        states = decoder.step(decoder.precompute_input(image), *states)
+        states = decoder.step(decoder.input_products(image), *states)
     init_fn = theano.function([codes], states, allow_input_downcast=True,
                               name="caption_initial_states")
 
     words = T.ivector("words")
     previous = [T.matrix("state_%d" % i) for i in range(len(states))]
-    new = decoder.step(decoder.precompute_input(embedding.get_output_for(words)), *previous)
+    new = decoder.step(decoder.input_products(embedding.get_output_for(words)), *previous)
     logits = T.dot(new[-1], output.W) + output.b
     log_probs = T.nnet.logsoftmax(logits)
     step_fn = theano.function([words] + previous, [log_probs] + list(new),
@@ -273,6 +331,7 @@ def generate_by_prefix(model, codes, max_len=20, suppress_unk=True):
     for _ in range(max_len):
         # finished rows keep running (with #END# appended); their output is ignored
         probs = model.probabilities(codes, prefix)[:, -1].astype("float64")
+        _check_finite(probs)
         scores = probs.copy()
         scores[:, banned] = -1.0
         words = np.where(done, vocab.end_ix, scores.argmax(axis=1)).astype("int32")

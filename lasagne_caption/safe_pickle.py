@@ -8,9 +8,12 @@ Memory: numpy's own pickles rebuild an array from an empty one
 (``_reconstruct(ndarray, (0,), ...)``) and then its bytes, whose length the
 file bounds. A hand-made pickle could ask ``_reconstruct`` for a huge empty
 array instead; that is refused, so what a file can allocate stays in
-proportion to its size.
+proportion to its size. So do the memo indices: :func:`loads` walks the
+opcodes first (:func:`check_opcodes`).
 """
+import io
 import pickle
+import pickletools
 
 import numpy as np
 
@@ -25,6 +28,31 @@ NUMPY_ARRAYS = frozenset({
 
 class Refused(pickle.UnpicklingError):
     """The pickle names a global that is not allowed."""
+
+
+class Corrupt(pickle.UnpicklingError):
+    """The pickle is truncated, has unknown opcodes or memo indices no pickler writes."""
+
+
+def check_opcodes(data):
+    """Walk the opcodes of the pickle ``data`` (bytes) before it is loaded.
+
+    The C unpickler sizes its memo by the largest index it is told to use,
+    so a 9-byte pickle with ``LONG_BINPUT 300000000`` would take gigabytes.
+    Picklers number memo entries 0, 1, 2, ..., at most one per opcode:
+    anything larger raises :class:`Corrupt`, as do truncated streams and
+    unknown opcodes.
+    """
+    ops = 0
+    try:
+        for op, arg, _ in pickletools.genops(io.BytesIO(data)):
+            ops += 1
+            if op.name in ("PUT", "BINPUT", "LONG_BINPUT") and not 0 <= arg <= ops:
+                raise Corrupt("memo index %d at opcode %d" % (arg, ops))
+    except Corrupt:
+        raise
+    except Exception as exc:   # ValueError (truncated, unknown opcode), digit limits, ...
+        raise Corrupt(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
 
 
 def _latin1_bytes(text, encoding):
@@ -62,3 +90,9 @@ class _Unpickler(pickle.Unpickler):
 def load(file, allow=frozenset()):
     """Unpickle from an open binary ``file``, looking up only the globals in ``allow``."""
     return _Unpickler(file, allow).load()
+
+
+def loads(data, allow=frozenset()):
+    """:func:`check_opcodes`, then unpickle ``data`` (bytes) like :func:`load`."""
+    check_opcodes(data)
+    return _Unpickler(io.BytesIO(data), allow).load()

@@ -19,6 +19,11 @@ UNK, START, END = "#UNK#", "#START#", "#END#"
 SPECIALS = (UNK, START, END)
 PAD_IX = -1
 
+
+class VocabularyError(UserError, ValueError):
+    """A word list that cannot be a vocabulary (a :class:`UserError`, and a
+    ``ValueError`` for callers that catch that)."""
+
 # A word is a run of letters/digits (any script, no underscore), optionally
 # followed by one apostrophe suffix: "man's" and "don't" stay whole, while
 # "stairs." / "stairs" and "t-shirt" -> "t", "shirt" are split on everything
@@ -60,12 +65,24 @@ class Vocabulary:
     unk_ix, start_ix, end_ix, pad_ix = 0, 1, 2, PAD_IX
 
     def __init__(self, words, counts=None):
+        if not isinstance(words, (list, tuple)):
+            raise VocabularyError("a vocabulary is a list of words, not %s" % type(words).__name__)
+        for i, w in enumerate(words):
+            if not isinstance(w, str):
+                raise VocabularyError("vocabulary entry %d is %s, not a word" % (i, type(w).__name__))
+            if not w or w != w.strip() or any(c.isspace() for c in w):
+                raise VocabularyError("vocabulary entry %d (%r) is empty or has whitespace" % (i, w[:40]))
         if tuple(words[:3]) != SPECIALS:
-            raise ValueError("a vocabulary must start with %s" % (SPECIALS,))
+            raise VocabularyError("a vocabulary must start with %s" % ", ".join(SPECIALS))
         self.words = list(words)
         self.index = {w: i for i, w in enumerate(self.words)}
         if len(self.index) != len(self.words):
-            raise ValueError("duplicate words in the vocabulary")
+            seen = set()
+            first = next(w for w in self.words if w in seen or seen.add(w))
+            raise VocabularyError("the word %r is in the vocabulary twice" % first[:40])
+        if counts is not None and not isinstance(counts, dict):
+            raise VocabularyError("vocabulary counts are a word -> count mapping, not %s"
+                                  % type(counts).__name__)
         self.counts = dict(counts or {})
 
     @classmethod
@@ -146,7 +163,7 @@ class Vocabulary:
         path = os.fspath(path)
         lines = ["%s\t%d\n" % (w, self.counts.get(w, 0)) for w in self.words]
         if any(w != w.strip() or "\t" in w or not w for w in self.words):
-            raise ValueError("words with whitespace cannot be saved")
+            raise VocabularyError("words with whitespace cannot be saved")
         atomic_write(path, lambda f: f.writelines(lines), text=True)
 
     @classmethod
@@ -171,9 +188,16 @@ class Vocabulary:
             except (UnicodeDecodeError, ValueError):
                 raise UserError("%s:%d: expected 'word<TAB>count' in UTF-8" % (path, n))
             if not word or word in counts:
-                raise UserError("%s:%d: empty or repeated word %r" % (path, n, word))
+                raise UserError("%s:%d: empty or repeated word %r" % (path, n, word[:40]))
+            if word != word.strip() or any(c.isspace() for c in word):
+                raise UserError("%s:%d: the word %r has whitespace" % (path, n, word[:40]))
+            if count < 0:
+                raise UserError("%s:%d: negative count %d" % (path, n, count))
             words.append(word)
             counts[word] = count
         if tuple(words[:3]) != SPECIALS:
             raise UserError("%s: the first lines must be %s" % (path, ", ".join(SPECIALS)))
-        return cls(words, {w: c for w, c in counts.items() if w not in SPECIALS})
+        try:
+            return cls(words, {w: c for w, c in counts.items() if w not in SPECIALS})
+        except VocabularyError as exc:
+            raise UserError("%s: %s" % (path, exc))

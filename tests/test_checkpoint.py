@@ -271,3 +271,12 @@ def test_fuzzed_parameter_pickles_load_or_raise_a_user_error_in_bounded_memory(t
         assert all(isinstance(v, np.ndarray) and v.dtype.kind in "fiu" for v in loaded)
     # a few hundred bytes of file may never cost more than a few MB
     assert _peak_bytes(load) < 16 * 2 ** 20
+
+
+def test_a_memo_bomb_is_refused_in_bounded_memory(tmp_path):
+    # 9 bytes asking the C unpickler for a memo of 300 million slots (4.7 GB measured)
+    path = tmp_path / "bomb.params"
+    path.write_bytes(b"\x80\x02]r\x00\xa3\xe1\x11.")
+    assert _peak_bytes(lambda: ckpt.safe_load_arrays(path)) < 2 ** 20
+    with pytest.raises(UserError, match="bomb.params: truncated or corrupt parameter pickle"):
+        ckpt.safe_load_arrays(path)

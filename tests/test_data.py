@@ -7,6 +7,7 @@ import io
 import json
 import os
 import pickle
+import re
 import shutil
 import struct
 import sys
@@ -372,3 +373,381 @@ def test_photos_without_codes_are_encoded_with_mobilenet(flickr8k_dir, shared_di
     for name, row in zip(encoded.image_names, encoded.codes):
         shared_row = real.codes[real.image_names.index(name)]
         assert np.corrcoef(row, shared_row)[0, 1] > 0.99
+
+
+# ---- --out and --force: only the toolkit's own dataset folders are replaced
+
+def prepare_cli(*argv):
+    """``python -m lasagne_caption.data ARGV`` in a subprocess: (exit code, stdout, stderr)."""
+    import subprocess
+    out = subprocess.run([sys.executable, "-m", "lasagne_caption.data"] + [str(a) for a in argv],
+                         capture_output=True, text=True)
+    return out.returncode, out.stdout, out.stderr
+
+
+def test_force_never_replaces_a_folder_it_did_not_make(tmp_path, monkeypatch):
+    source = flickr_folder(tmp_path / "src")
+    snapshot = sorted(p.relative_to(source) for p in source.rglob("*"))
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "thesis.tex").write_text("years of work")
+    with pytest.raises(UserError, match=r"mine already exists and it is not a dataset folder "
+                                        r"made by .*refusing to replace it"):
+        prepare_flickr8k(source, mine, force=True)
+    assert (mine / "thesis.tex").read_text() == "years of work"
+    # --out equal to, inside or containing the source
+    with pytest.raises(UserError, match="is the input .*src itself"):
+        prepare_flickr8k(source, source, force=True)
+    with pytest.raises(UserError, match="is inside the input"):
+        prepare_flickr8k(source, source / "codes" / "out", force=True)
+    with pytest.raises(UserError, match="contains the input .*would delete the input"):
+        prepare_flickr8k(source, tmp_path, force=True)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UserError, match="--out . contains the input"):
+        prepare_flickr8k("src", ".", force=True)
+    monkeypatch.chdir(mine)
+    with pytest.raises(UserError, match="--out . already exists and it is not a dataset"):
+        prepare_flickr8k(source, ".", force=True)
+    # a dataset it made, with a file of the user's added: not replaced either
+    prepare_flickr8k(source, tmp_path / "ds")
+    (tmp_path / "ds" / "wrote_net.params").write_bytes(b"a trained model")
+    with pytest.raises(UserError, match=r"besides a dataset it holds 1 other entry "
+                                        r"\(wrote_net.params\)"):
+        prepare_flickr8k(source, tmp_path / "ds", force=True)
+    assert (tmp_path / "ds" / "wrote_net.params").exists()
+    # a file, and a symbolic link
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(UserError, match="exists and is not a folder"):
+        prepare_flickr8k(source, tmp_path / "file", force=True)
+    os.symlink(tmp_path / "ds", tmp_path / "link")
+    with pytest.raises(UserError, match="is a symbolic link"):
+        prepare_flickr8k(source, tmp_path / "link", force=True)
+    assert sorted(p.relative_to(source) for p in source.rglob("*")) == snapshot
+    assert not list(tmp_path.glob("*.lock")) and not list(tmp_path.glob("*.tmp-*"))
+
+
+def test_force_replaces_its_own_dataset_and_says_so(tmp_path, capsys):
+    source = flickr_folder(tmp_path / "src")
+    (tmp_path / "empty").mkdir()
+    prepare_flickr8k(source, tmp_path / "empty")          # an empty folder needs no --force
+    assert load_dataset(tmp_path / "empty").meta["format"] == data.DATASET_FORMAT
+    prepare_flickr8k(source, tmp_path / "out")
+    assert capsys.readouterr().out == ""
+    prepare_flickr8k(source, tmp_path / "out", force=True)
+    assert re.match(r"replaced a flickr8k dataset of 4 images made \S+ in .*out\n$",
+                    capsys.readouterr().out)
+    # a dataset written before the format marker existed is recognised too
+    meta = json.loads((tmp_path / "out" / "dataset.json").read_text())
+    del meta["format"]
+    (tmp_path / "out" / "dataset.json").write_text(json.dumps(meta))
+    prepare_flickr8k(source, tmp_path / "out", force=True)
+    assert sorted(os.listdir(tmp_path)) == ["empty", "out", "src"]
+    mode = os.stat(tmp_path / "out").st_mode & 0o777
+    assert mode == 0o777 & ~data.current_umask()          # not mkdtemp's 0700
+
+
+def test_cli_refuses_out_equal_to_source_in_one_line(tmp_path):
+    source = seminar_folder(tmp_path / "raw")
+    before = {p.name: p.read_bytes() for p in source.iterdir()}
+    code, out, err = prepare_cli("prepare", "seminar", "--source", source, "--out", source,
+                                 "--force")
+    assert code == 2 and err.count("\n") == 1 and err.startswith("error: --out ")
+    assert "is the input" in err
+    assert {p.name: p.read_bytes() for p in source.iterdir()} == before
+
+
+def test_a_second_prepare_into_the_same_output_is_refused(tmp_path):
+    source = flickr_folder(tmp_path / "src")
+    with data._Output(tmp_path / "out", False, [source]):      # a first prepare, still running
+        code, out, err = prepare_cli("prepare", "flickr8k", "--source", source,
+                                     "--out", tmp_path / "out")
+        assert (tmp_path / "out.lock").exists()
+    assert code == 2 and err.count("\n") == 1
+    assert "is being written by another process" in err and "out.lock" in err
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out.lock").exists()
+    assert prepare_cli("prepare", "flickr8k", "--source", source, "--out", tmp_path / "out")[0] == 0
+    # a file of the user's that happens to be named OUT.lock is not taken over
+    (tmp_path / "other.lock").write_text("my notes")
+    with pytest.raises(UserError, match="other.lock exists and is not a lock file"):
+        prepare_flickr8k(source, tmp_path / "other")
+    assert (tmp_path / "other.lock").read_text() == "my notes"
+
+
+def test_leftovers_of_a_killed_prepare_are_cleaned_up(tmp_path, capsys):
+    source = flickr_folder(tmp_path / "src")
+    prepare_flickr8k(source, tmp_path / "out")
+    # killed between moving the old dataset aside and moving the new one in
+    (tmp_path / "out").rename(tmp_path / "out.old-abcd1234")
+    (tmp_path / "out.tmp-abcd1234").mkdir()
+    (tmp_path / "out.tmp-abcd1234" / "image_codes.npy").write_bytes(b"\x93NUMPY half")
+    with pytest.raises(UserError, match="already exists .*use --force"):
+        prepare_flickr8k(source, tmp_path / "out")
+    assert "restored" in capsys.readouterr().out
+    assert sorted(os.listdir(tmp_path)) == ["out", "src"]
+    assert load_dataset(tmp_path / "out").codes.shape == (4, 5)
+
+
+# ---- splits that name unknown images, empty splits
+
+def test_split_lists_naming_unknown_images_are_refused(tmp_path):
+    source = flickr_folder(tmp_path / "src")
+    (source / "Flickr_8k.devImages.txt").write_text("c.jpg\nzebra.jpg\n")
+    with pytest.raises(UserError, match=r"Flickr_8k.devImages.txt:2: image zebra.jpg is in "
+                                        r"neither Flickr8k.token.txt nor the codes"):
+        prepare_flickr8k(source, tmp_path / "out")
+    assert sorted(os.listdir(tmp_path)) == ["src"]
+
+
+@pytest.mark.parametrize("lists, message", [
+    ({"train": "x.jpg\ny.jpg\n", "dev": "c.jpg\n"}, "train split would have no images"),
+    ({"dev": ""}, "val split would have no images"),
+])
+def test_empty_train_or_val_split_is_refused(tmp_path, lists, message):
+    source = flickr_folder(tmp_path / "src", captions=dict(CAPTIONS, **{
+        "x.jpg": ["A cat"], "y.jpg": ["A cow"]}), codes=None)
+    # x.jpg and y.jpg have captions but no codes: known, dropped, so train may end up empty
+    (source / "codes" / "image_names.txt").write_text("a.jpg\nb.jpg\nc.jpg\nd.jpg\n")
+    np.save(source / "codes" / "mobilenet_v2_logits.npy", np.ones((4, 5), "float16"))
+    for split, text in lists.items():
+        (source / ("Flickr_8k.%sImages.txt" % split)).write_text(text)
+    with pytest.warns(DataWarning):
+        with pytest.raises(UserError, match=message):
+            prepare_flickr8k(source, tmp_path / "out")
+    assert sorted(os.listdir(tmp_path)) == ["src"]
+
+
+def test_too_few_images_for_a_split_are_refused(tmp_path):
+    folder = seminar_folder(tmp_path / "two", captions={"a": ["a dog"], "b": ["a cat"]})
+    with pytest.raises(UserError, match="two: the val split would have no images"):
+        prepare_seminar(folder, tmp_path / "out")
+    assert sorted(os.listdir(tmp_path)) == ["two"]
+
+
+@pytest.mark.parametrize("splits, message", [
+    ({"train": [0.5, 1]}, "split 'train' is not a list of row numbers"),
+    ({"train": [[0, 1]]}, "split 'train' is not a list of row numbers"),
+    ({"train": [True]}, "split 'train' is not a list of row numbers"),
+    ({"train": "0 1"}, "split 'train' is not a list of row numbers"),
+    ([[0, 1]], "expected a JSON object of index lists, got list"),
+    ({"train": [0, 0, 1]}, "split 'train' lists a row twice"),
+    ({"train": [-1]}, "split 'train' has rows outside 0..3"),
+])
+def test_bad_splits_json(tmp_path, splits, message):
+    folder = seminar_folder(tmp_path / "ds")
+    (folder / "splits.json").write_text(json.dumps(splits))
+    with pytest.raises(UserError, match="splits.json: " + message):
+        load_dataset(folder)
+
+
+def test_an_empty_split_is_a_one_line_error_when_used(tmp_path):
+    folder = seminar_folder(tmp_path / "ds")
+    (folder / "splits.json").write_text(json.dumps({"train": [], "val": [0], "test": [1]}))
+    (folder / "dataset.json").write_text("[1, 2]")
+    with pytest.raises(UserError, match="dataset.json: expected a JSON object"):
+        load_dataset(folder)
+    (folder / "dataset.json").unlink()
+    ds = load_dataset(folder)
+    with pytest.raises(UserError, match="ds: the train split has no images"):
+        ds.split("train")
+    with pytest.raises(UserError, match="the train split has no images"):
+        ds.vocabulary()
+
+
+# ---- codes and caption pickles of the wrong kind
+
+def huge_header(path, shape):
+    """A .npy header promising ``shape`` float32 values, followed by 64 bytes."""
+    with open(path, "wb") as f:
+        np.lib.format.write_array_header_1_0(f, {"descr": "<f4", "fortran_order": False,
+                                                 "shape": shape})
+        f.write(b"\0" * 64)
+
+
+@pytest.mark.parametrize("write, message", [
+    (lambda p: np.savez(open(p, "wb"), codes=np.ones((4, 3), "float32")),
+     "an .npz archive, not a .npy"),
+    (lambda p: np.save(p, np.ones((4, 0), "float32")), r"shape \(4, 0\) hold no values per image"),
+    (lambda p: np.save(p, np.ones((0, 3), "float32")), r"shape \(0, 3\) hold no images"),
+    (lambda p: np.save(p, np.ones((4, 3), "int64")), "codes must be floats, got int64"),
+    (lambda p: np.save(p, np.ones((4, 3), "complex64")), "codes must be floats"),
+    (lambda p: np.save(p, np.ones((4, 3), bool)), "codes must be floats"),
+    (lambda p: np.save(p, np.array([[None] * 3] * 4), allow_pickle=True), "codes must be floats"),
+    (lambda p: np.save(p, np.full((4, 3), 1e300)), "4 rows contain NaN or inf .*float32's range"),
+    (lambda p: np.save(p, np.array([[1.0, np.inf, 0]] * 4, "float16")), "4 rows contain NaN or inf"),
+    (lambda p: huge_header(p, (100000000000, 100000)),
+     r"truncated or not a .npy file \(64 bytes of data for float32 \(100000000000, 100000\)"),
+    (lambda p: p.write_bytes(b"not numpy at all"), "truncated or not a .npy file"),
+])
+def test_bad_codes_are_one_line_errors_naming_the_file(tmp_path, write, message):
+    path = tmp_path / "codes.npy"
+    write(path)
+    with pytest.raises(UserError, match=message) as err:
+        data.read_codes(path)
+    assert str(err.value).startswith(str(path)) and "\n" not in str(err.value)
+
+
+def test_pickle_memo_bomb_is_refused_in_bounded_memory(tmp_path):
+    import tracemalloc
+    path = tmp_path / "caption_tokens.pcl"
+    # 9 bytes asking the unpickler for a memo of 600 million slots (4.6 GB measured)
+    path.write_bytes(b"\x80\x02]r" + struct.pack("<I", 300_000_000) + b".")
+    tracemalloc.start()
+    try:
+        with pytest.raises(UserError, match="caption_tokens.pcl: truncated or corrupt pickle .memo index"):
+            data.read_caption_pickle(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1 << 20
+
+
+@pytest.mark.parametrize("value, message", [
+    ([[1, 2]], "entry 0 is not a list of caption strings .got a list holding int"),
+    ([["a dog"], "a cat"], "entry 1 is not a list of caption strings .got str"),
+    ((["a dog"],), "expected a list of caption lists, got tuple"),
+    ({"a.jpg": ["a dog"]}, "expected a list of caption lists, got dict"),
+    (None, "expected a list of caption lists, got NoneType"),
+])
+def test_caption_pickles_of_the_wrong_structure(tmp_path, value, message):
+    path = tmp_path / "caption_tokens.pcl"
+    path.write_bytes(pickle.dumps(value, protocol=2))
+    with pytest.raises(UserError, match="caption_tokens.pcl: " + message):
+        data.read_caption_pickle(path)
+
+
+# ---- property-based: mutated files load or raise UserError, in bounded memory
+
+from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
+
+PROPERTY = settings(max_examples=80, deadline=None, database=None,
+                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+
+PLAIN_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20)
+    | st.binary(max_size=20),
+    lambda children: (st.lists(children, max_size=5) | st.tuples(children, children)
+                      | st.dictionaries(st.text(max_size=5), children, max_size=3)
+                      | st.frozensets(st.integers(), max_size=3)),
+    max_leaves=20)
+CAPTION_LISTS = st.lists(st.lists(st.text(max_size=30) | st.binary(max_size=30), max_size=4),
+                         max_size=6)
+
+
+@st.composite
+def mutated(draw, data):
+    """``data`` (bytes) truncated, with bytes flipped, inserted or deleted, or as is."""
+    data = bytearray(data)
+    for _ in range(draw(st.integers(0, 3))):
+        how = draw(st.sampled_from(["truncate", "flip", "insert", "delete"]))
+        at = draw(st.integers(0, max(0, len(data) - 1)))
+        if how == "truncate":
+            del data[at:]
+        elif how == "flip" and data:
+            data[at] = draw(st.integers(0, 255))
+        elif how == "insert":
+            data[at:at] = draw(st.binary(min_size=1, max_size=8))
+        elif data:
+            del data[at:at + draw(st.integers(1, 8))]
+    return bytes(data)
+
+
+@st.composite
+def pickle_files(draw):
+    if draw(st.booleans()):
+        return draw(st.binary(max_size=300))
+    value = draw(CAPTION_LISTS | PLAIN_VALUES)
+    return draw(mutated(pickle.dumps(value, protocol=draw(st.integers(0, 5)))))
+
+
+NPY_DTYPES = ["float16", "float32", ">f4", "float64", "longdouble", "int8", "uint16", "int64",
+              "bool", "complex64", "U3", "O", "V4", "f4,f4"]
+
+
+@st.composite
+def npy_files(draw):
+    if draw(st.integers(0, 9)) == 0:
+        return draw(st.binary(max_size=300))
+    dtype = np.dtype(draw(st.sampled_from(NPY_DTYPES)))
+    shape = tuple(draw(st.lists(st.integers(0, 4), max_size=3)))
+    count = int(np.prod(shape))
+    if dtype.kind == "O":
+        array = np.array([draw(PLAIN_VALUES) for _ in range(count)] + [None],
+                         dtype=object)[:count].reshape(shape)
+    elif dtype.kind == "U":
+        array = np.array([draw(st.text(max_size=3)) for _ in range(count)], dtype).reshape(shape)
+    else:
+        raw = draw(st.binary(min_size=count * dtype.itemsize, max_size=count * dtype.itemsize))
+        array = np.frombuffer(raw, dtype).reshape(shape)
+    buffer = io.BytesIO()
+    if draw(st.integers(0, 9)) == 0:
+        np.savez(buffer, codes=array)
+    else:
+        np.save(buffer, array, allow_pickle=True)
+    return draw(mutated(buffer.getvalue()))
+
+
+def loads_or_refuses(read, path, raw):
+    """``read(path)`` either succeeds or raises a one-line UserError, within bounded memory.
+
+    Memory: numpy and Python allocations traced by tracemalloc; a small file
+    must never make the reader allocate more than a fixed 2 MiB plus 200
+    bytes per byte of file (Python objects for a list of strings).
+    """
+    import tracemalloc
+    path.write_bytes(raw)
+    tracemalloc.start()
+    try:
+        try:
+            return read(path)
+        except UserError as exc:
+            assert "\n" not in str(exc) and str(exc).startswith(str(path)), str(exc)
+            return None
+        finally:
+            peak = tracemalloc.get_traced_memory()[1]
+            assert peak < (2 << 20) + 200 * len(raw), (peak, len(raw))
+    finally:
+        tracemalloc.stop()
+
+
+@pytest.fixture(scope="module")
+def scratch(tmp_path_factory):
+    return tmp_path_factory.mktemp("property")
+
+
+@PROPERTY
+@given(raw=pickle_files())
+def test_property_caption_pickles_load_or_raise_user_error(scratch, raw):
+    value = loads_or_refuses(data.read_caption_pickle, scratch / "caption_tokens.pcl", raw)
+    if value is not None:
+        assert isinstance(value, list)
+        assert all(isinstance(e, list) and all(isinstance(c, str) for c in e) for e in value)
+
+
+@PROPERTY
+@given(raw=npy_files())
+def test_property_codes_load_or_raise_user_error(scratch, raw):
+    codes = loads_or_refuses(data.read_codes, scratch / "image_codes.npy", raw)
+    if codes is not None:
+        assert codes.dtype == np.float32 and codes.ndim == 2 and codes.size > 0
+        assert np.isfinite(codes).all()
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=10),
+    lambda children: st.lists(children, max_size=5) | st.dictionaries(st.text(max_size=5),
+                                                                       children, max_size=3),
+    max_leaves=20)
+SPLITS_LIKE = st.dictionaries(st.sampled_from(["train", "val", "test"]),
+                              st.lists(st.integers(-2, 6), max_size=6), max_size=3)
+
+
+@PROPERTY
+@given(raw=st.binary(max_size=200) | st.builds(json.dumps, JSON_VALUES | SPLITS_LIKE).map(str.encode))
+def test_property_splits_files_load_or_raise_user_error(scratch, raw):
+    (scratch / "splits.json").write_bytes(raw)
+    try:
+        splits = data._read_splits(scratch / "splits.json", 4)
+    except UserError as exc:
+        assert "\n" not in str(exc)
+    else:
+        assert all(v.dtype == np.int64 and ((v >= 0) & (v < 4)).all() for v in splits.values())

@@ -106,3 +106,39 @@ def test_unsafe_or_broken_zip(tmp_path):
     archive.write_bytes(b"PK\x03\x04 truncated")
     with pytest.raises(UserError, match="bad.zip: truncated or not a zip"):
         download._extract(archive, lambda n: True, tmp_path / "out", "text")
+
+
+def test_a_local_folder_or_file_url_is_a_source(zips, tmp_path, flickr8k_dir):
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    (mirror / TEXT_ZIP).write_bytes(zips[0])
+    (mirror / PHOTO_ZIP).write_bytes(zips[1])
+    for base, dest in ((str(mirror), tmp_path / "a"), (mirror.as_uri() + "/", tmp_path / "b")):
+        source = fetch_flickr8k(dest, base_url=base)
+        assert (source / "Flickr8k.token.txt").read_bytes() == \
+            (flickr8k_dir / "Flickr8k.token.txt").read_bytes()
+        assert sorted(p.name for p in (source / "images").iterdir()) == ["0.jpg", "1.jpg", "2.jpg"]
+        assert not list(dest.glob("*.part"))
+    (mirror / PHOTO_ZIP).unlink()
+    with pytest.raises(UserError, match="Flickr8k_Dataset.zip: no such file .the --base-url"):
+        fetch_flickr8k(tmp_path / "c", base_url=str(mirror))
+
+
+@pytest.mark.parametrize("base, message", [
+    ("/no/such/mirror", "--base-url /no/such/mirror: no such folder"),
+    ("ftp://example.org/flickr", "unsupported address"),
+    ("file://otherhost/x", "only local file:// URLs"),
+])
+def test_bad_base_urls_are_one_line_errors(tmp_path, base, message):
+    with pytest.raises(UserError, match=message):
+        fetch_flickr8k(tmp_path / "dl", base_url=base)
+    assert not (tmp_path / "dl").exists()
+
+
+def test_cli_download_from_a_missing_folder_is_one_line(tmp_path):
+    import subprocess
+    import sys
+    out = subprocess.run([sys.executable, "-m", "lasagne_caption.data", "download", "flickr8k",
+                          "--base-url", str(tmp_path / "none"), "--dest", str(tmp_path / "dl"),
+                          "--out", str(tmp_path / "ds")], capture_output=True, text=True)
+    assert out.returncode == 2 and out.stderr.count("\n") == 1 and "no such folder" in out.stderr

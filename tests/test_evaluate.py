@@ -1,5 +1,6 @@
 """The evaluate command: caption a split, score it, write COCO results and scores."""
 import json
+import os
 import subprocess
 import sys
 
@@ -41,3 +42,36 @@ def test_cli_prints_the_table_beside_published_results(demo_checkpoint, tmp_path
     assert out.returncode == 0, out.stderr
     assert "BLEU-4" in out.stdout and "NeuralTalk" in out.stdout
     assert "1000 val images, beam 1" in out.stdout
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--max-len", "-1"], "--max-len must be a whole number of at least 1, not -1"),
+    (["--max-len", "0"], "--max-len must be a whole number of at least 1, not 0"),
+    (["--beam", "0"], "--beam must be a whole number of at least 1"),
+    (["--length-normalization", "nan"], "--length-normalization must be a finite number >= 0"),
+    (["--length-normalization", "-1"], "--length-normalization must be a finite number >= 0"),
+])
+def test_cli_options_are_checked_first(tmp_path, options, message):
+    out = subprocess.run([sys.executable, "-m", "lasagne_caption.evaluate", "--checkpoint",
+                          str(tmp_path / "none.params"), "--out", str(tmp_path / "out")] + options,
+                         capture_output=True, text=True)
+    assert out.returncode == 2 and out.stderr.count("\n") == 1 and message in out.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unwritable_output_is_found_before_captioning(demo_checkpoint, tmp_path, monkeypatch):
+    from lasagne_caption import evaluate as module
+
+    def no_captioning(*args, **kwargs):
+        raise AssertionError("captioning started before the output was checked")
+    monkeypatch.setattr(module, "caption_split", no_captioning)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(UserError, match="--out .*file/sub: cannot create the folder"):
+        evaluate(str(demo_checkpoint), split="test", beam=1, out=str(tmp_path / "file" / "sub"))
+    stem = module.output_stem(str(demo_checkpoint), "test", 1, 0.0, str(tmp_path / "o"))
+    os.makedirs(stem + ".scores.csv")          # a folder where a result file goes
+    with pytest.raises(UserError, match="scores.csv is a folder"):
+        evaluate(str(demo_checkpoint), split="test", beam=1, out=str(tmp_path / "o"))
+    with pytest.raises(UserError, match="unknown split 'nope'"):
+        evaluate(str(demo_checkpoint), split="nope", beam=1, out=str(tmp_path / "p"))
+    assert not (tmp_path / "p").exists()
