@@ -1,10 +1,24 @@
-"""notebooks/apply_trained_model.ipynb runs top to bottom on a freshly trained small model."""
+"""The notebooks run top to bottom: apply_trained_model.ipynb on a freshly trained small
+model, and seminar.ipynb (the seminar's own notebook, ported) for a few batches, whose
+wrote_net.params then gives the same captions in the toolkit's CLI."""
+import contextlib
+import json
+import os
 import pathlib
+import pickle
+import shutil
+import subprocess
+import sys
 
+import numpy as np
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 NOTEBOOK = ROOT / "notebooks" / "apply_trained_model.ipynb"
+SEMINAR = ROOT / "notebooks" / "seminar.ipynb"
+# the course shipped these modules beside its notebook; so does this port
+SEMINAR_MODULES = ("broadcast.py", "pretrained_lenet.py")
+MOBILENET = pathlib.Path("models") / "mobilenet_v2" / "mobilenet_v2_1.0_224_quant.tflite"
 
 
 def test_notebook_runs_top_to_bottom(demo_checkpoint, shared_dir, monkeypatch):
@@ -28,3 +42,214 @@ def test_notebook_runs_top_to_bottom(demo_checkpoint, shared_dir, monkeypatch):
     images = [out for cell in notebook.cells if cell.cell_type == "code" for out in cell.outputs
               if "image/png" in out.get("data", {})]
     assert len(images) == 2     # the photo and the grid of sample photos
+
+
+# -- seminar.ipynb --------------------------------------------------------------
+
+def _stdout(notebook):
+    return "".join(out.get("text", "") for cell in notebook.cells if cell.cell_type == "code"
+                   for out in cell.outputs
+                   if out.output_type == "stream" and out.get("name") == "stdout")
+
+
+@pytest.fixture(scope="module")
+def seminar_run(tmp_path_factory, shared_dir):
+    """seminar.ipynb executed in a scratch copy: 1 epoch of 3 batches on the prepared Flickr8k.
+
+    Returns (working folder, executed notebook). The copy starts with one added cell
+    that seeds Python's and numpy's generators (batches, initial weights, dropout), so
+    that the run, its captions and its duration are the same every time.
+    """
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    base = tmp_path_factory.mktemp("seminar")
+    data = base / "flickr8k"
+    subprocess.run([sys.executable, "-m", "lasagne_caption.data", "prepare", "flickr8k",
+                    "--source", str(shared_dir / "data" / "flickr8k"), "--out", str(data)],
+                   check=True, stdout=subprocess.DEVNULL)
+    work = base / "notebooks"
+    work.mkdir()
+    for name in SEMINAR_MODULES:
+        shutil.copy(ROOT / "notebooks" / name, work / name)
+    notebook = nbformat.read(str(SEMINAR), as_version=4)
+    notebook.cells.insert(0, nbformat.v4.new_code_cell(
+        "import random, numpy\nrandom.seed(0)\nnumpy.random.seed(0)"))
+    env = {
+        "LASAGNE_CAPTION_DATA": str(data),
+        "LASAGNE_CAPTION_SHARED": str(shared_dir),
+        # never found: the notebook says so and captions with MobileNetV2
+        "LASAGNE_CAPTION_GOOGLENET": str(base / "absent" / "blvc_googlenet.pkl"),
+        "SEMINAR_N_EPOCHS": "1",
+        "SEMINAR_BATCHES_PER_EPOCH": "3",
+        "SEMINAR_VALIDATION_BATCHES": "1",
+        "SEMINAR_N_SAMPLES": "1",
+    }
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in env.items():
+            mp.setenv(key, value)      # the kernel inherits the environment
+        nbclient.NotebookClient(notebook, timeout=900, kernel_name="python3",
+                                resources={"metadata": {"path": str(work)}}).execute()
+    return work, notebook
+
+
+def _notebook_greedy_captions(notebook):
+    """{photo name: words} from the Demo cell's 'greedy NAME: words' lines."""
+    captions = {}
+    for line in _stdout(notebook).splitlines():
+        if line.startswith("greedy "):
+            name, _, words = line[len("greedy "):].partition(": ")
+            captions[name] = words.split()
+    return captions
+
+
+def test_seminar_notebook_trains_and_captions_with_mobilenet(seminar_run, shared_dir):
+    work, notebook = seminar_run
+    text = _stdout(notebook)
+    assert "Epoch: 0, train loss: " in text and "Finish :)" in text
+    # blvc_googlenet.pkl is absent: one line that says where to get it and what instead
+    message = [line for line in text.splitlines() if line.startswith("blvc_googlenet.pkl not found")]
+    assert len(message) == 1
+    assert "https://s3.amazonaws.com/lasagne/recipes/pretrained/imagenet/blvc_googlenet.pkl" \
+        in message[0] and "MobileNetV2" in message[0]
+    assert "photos are encoded with MobileNetV2" in text
+    photos = sorted(os.listdir(shared_dir / "data" / "samples"))
+    captions = _notebook_greedy_captions(notebook)
+    assert sorted(captions) == photos
+    assert all(captions.values()), captions
+    assert (work / "wrote_net.params").is_file() and (work / "vocab.tsv").is_file()
+    assert not (work / "wrote_net.params.json").exists()     # a bare seminar file
+
+
+def test_seminar_checkpoint_loads_in_the_toolkit(seminar_run):
+    from lasagne_caption.checkpoint import load_model
+    from lasagne_caption.vocab import Vocabulary
+
+    work, _ = seminar_run
+    vocab = Vocabulary.load(work / "vocab.tsv")
+    # the notebook's vocabulary: every Flickr8k word seen 5 times, sorted after the specials
+    assert vocab.words[3:] == sorted(vocab.words[3:]) and len(vocab) == 2980
+    model, metadata = load_model(str(work / "wrote_net.params"), vocab=str(work / "vocab.tsv"))
+    assert metadata == {}
+    config = model.config
+    assert (config.n_tokens, config.code_size, config.embed_size, config.units) == \
+        (2980, 1001, 128, 200)
+    assert config.lstm_variant == "master" and config.image_inject == "cell_init"
+    with open(work / "wrote_net.params", "rb") as f:
+        saved = pickle.load(f)     # written by this test's own run of the notebook
+    loaded = model.get_param_values()
+    assert len(loaded) == len(saved)
+    for a, b in zip(loaded, saved):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_seminar_checkpoint_captions_like_the_notebook_in_the_cli(seminar_run, shared_dir):
+    """The CLI's --greedy captions equal the notebook's generate_caption(..., sample=False).
+
+    The notebook re-runs the whole prefix for every word (the seminar's method); the CLI
+    carries the LSTM state, one step per word. --keep-unk and --max-len 100 are the
+    notebook's conventions (it may write #UNK#, and stops after 100 words).
+    """
+    work, notebook = seminar_run
+    expected = _notebook_greedy_captions(notebook)
+    samples = shared_dir / "data" / "samples"
+    photos = [str(samples / name) for name in sorted(expected)]
+    out = subprocess.run(
+        [sys.executable, "-m", "lasagne_caption.caption", *photos,
+         "--checkpoint", str(work / "wrote_net.params"), "--vocab", str(work / "vocab.tsv"),
+         "--model", str(shared_dir / MOBILENET), "--greedy", "--keep-unk", "--max-len", "100",
+         "--json"], check=True, capture_output=True, text=True).stdout
+    results = json.loads(out)
+    got = {os.path.basename(r["photo"]): r["captions"][0].split() for r in results}
+    assert got == expected
+    # the run is seeded: a few batches give captions that differ between the photos
+    assert len({" ".join(words) for words in got.values()}) > 1
+
+
+def test_seminar_notebook_is_committed_without_outputs():
+    nbformat = pytest.importorskip("nbformat")
+    notebook = nbformat.read(str(SEMINAR), as_version=4)
+    nbformat.validate(notebook)
+    code = [cell for cell in notebook.cells if cell.cell_type == "code"]
+    assert all(cell.outputs == [] and cell.execution_count is None for cell in code)
+    # the one added line comes first, before theano and lasagne are imported
+    assert code[0].source.startswith("import lasagne_caption")
+    sources = "\n".join(cell.source for cell in code)
+    for seminar_line in ("from broadcast import BroadcastLayer,UnbroadcastLayer",
+                         "from pretrained_lenet import build_model,preprocess,MEAN_VALUES",
+                         "cell_init=l_image_features_small",
+                         "lasagne.updates.adam", "get_all_param_values(predicted_probabilities)",
+                         "'wrote_net.params'"):
+        assert seminar_line in sources, seminar_line
+
+
+# -- the modules beside it --------------------------------------------------------
+
+@contextlib.contextmanager
+def _notebook_modules():
+    sys.path.insert(0, str(ROOT / "notebooks"))
+    try:
+        import broadcast
+        import pretrained_lenet
+        yield broadcast, pretrained_lenet
+    finally:
+        sys.path.remove(str(ROOT / "notebooks"))
+
+
+def test_broadcast_module_has_the_seminars_layers():
+    import theano
+    from lasagne.layers import DenseLayer, InputLayer, get_output
+
+    with _notebook_modules() as (broadcast, _):
+        l_in = InputLayer((None, None, 4))
+        flat = broadcast.BroadcastLayer(l_in, (0, 1))
+        dense = DenseLayer(flat, 3, nonlinearity=None)
+        out = broadcast.UnbroadcastLayer(dense, broadcast_layer=flat)
+        assert flat.output_shape == (None, 4) and out.output_shape == (None, None, 3)
+        x = np.random.RandomState(0).randn(2, 5, 4).astype("float32")
+        # Python linker: nothing to compile for a check this small
+        fast = theano.compile.mode.Mode(linker="py", optimizer="fast_compile")
+        y = theano.function([l_in.input_var], get_output(out), mode=fast)(x)
+        expected = x @ dense.W.get_value() + dense.b.get_value()
+        np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-5)
+        with pytest.raises(ValueError, match="batch"):
+            broadcast.BroadcastLayer(l_in, (1,), force_broadcastable_batch=False)
+        with pytest.raises(ValueError, match="dimensions"):
+            broadcast.UnbroadcastLayer(InputLayer((None, 3, 2)), broadcast_layer=flat)
+
+
+def test_pretrained_lenet_without_its_weights_says_where_to_get_them(tmp_path, monkeypatch):
+    with _notebook_modules() as (_, pretrained_lenet):
+        missing = tmp_path / "blvc_googlenet.pkl"
+        monkeypatch.setenv("LASAGNE_CAPTION_GOOGLENET", str(missing))
+        with pytest.raises(FileNotFoundError) as info:
+            pretrained_lenet.load_weights()
+        message = str(info.value)
+        assert "\n" not in message and str(missing) in message
+        assert pretrained_lenet.WEIGHTS_URL in message and "MobileNetV2" in message
+        # present: read with the toolkit's safe unpickler (Python 2's protocol, as distributed)
+        with open(missing, "wb") as f:
+            pickle.dump({"param values": [np.ones((2, 3), np.float32)],
+                         "synset words": ["tench"]}, f, protocol=2)
+        blob = pretrained_lenet.load_weights()
+        np.testing.assert_array_equal(blob["param values"][0], np.ones((2, 3)))
+
+
+def test_pretrained_lenet_preprocess_and_model_are_the_recipes():
+    import lasagne
+    from lasagne_caption.encoders.googlenet import expected_param_shapes
+
+    with _notebook_modules() as (_, pretrained_lenet):
+        rgb = np.random.RandomState(0).randint(0, 256, (224, 224, 3)).astype(np.uint8)
+        x = pretrained_lenet.preprocess(rgb)
+        assert x.shape == (1, 3, 224, 224) and x.dtype == np.float32
+        # the seminar's "deprocess and show, one line"
+        back = np.transpose((x[0] + pretrained_lenet.MEAN_VALUES)[::-1], [1, 2, 0])
+        np.testing.assert_allclose(back, rgb, atol=1e-3)
+        # other sizes: shorter side to 224, centre crop; grayscale and [0, 1] floats too
+        assert pretrained_lenet.preprocess(rgb[:200, :, 0] / 255.0).shape == (1, 3, 224, 224)
+        assert pretrained_lenet.preprocess(np.zeros((300, 500, 4), np.uint8)).shape == \
+            (1, 3, 224, 224)
+        lenet = pretrained_lenet.build_model()
+        shapes = [p.get_value().shape for p in lasagne.layers.get_all_params(lenet["prob"])]
+        assert shapes == expected_param_shapes()
+        assert lenet["loss3/classifier"].output_shape == (None, 1000)
