@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 EPOCHS ?= 100
 
-.PHONY: setup train test data clean-venv
+.PHONY: setup train test lasagne-suite data clean-venv
 
 $(VENV)/.installed: setup.py
 	@scripts/install-blas.sh
@@ -35,8 +35,36 @@ $(VENV)/.bench-installed: $(VENV)/.installed
 	$(PY) -m pip install --quiet -e ".[test,bench]"
 	touch $@
 
-test: $(VENV)/.bench-installed
-	$(PY) -m pytest tests -q -p no:cacheprovider
+# PyPI Lasagne 0.1's own tests (lasagne/tests of its sdist, downloaded once into
+# .venv) run against the compat layer: tests_lasagne/conftest.py, linked beside
+# them, imports lasagne_caption first and skips what needs Theano's CUDA backend
+LASAGNE_SUITE := $(VENV)/lasagne-0.1
+LASAGNE_SDIST_SHA256 := 3c634ecab67e43e4f18520932bfd88bd3c678ec723c48177f18799dab2411233
+LASAGNE_SUITE_PYTEST := $(PY) -m pytest $(LASAGNE_SUITE)/lasagne/tests -q -p no:cacheprovider --disable-warnings
+
+# the project's tests, then Lasagne 0.1's own suite; both run, either failing fails
+test: $(VENV)/.bench-installed $(LASAGNE_SUITE)/.ready
+	@status=0; \
+	echo "$(PY) -m pytest tests -q -p no:cacheprovider"; \
+	$(PY) -m pytest tests -q -p no:cacheprovider || status=1; \
+	echo "$(LASAGNE_SUITE_PYTEST)"; \
+	$(LASAGNE_SUITE_PYTEST) || status=1; \
+	exit $$status
+
+lasagne-suite: $(LASAGNE_SUITE)/.ready
+	$(LASAGNE_SUITE_PYTEST)
+
+$(LASAGNE_SUITE)/Lasagne-0.1.tar.gz: | $(VENV)/.installed
+	rm -rf $(@D)/download && mkdir -p $(@D)/download
+	$(PY) -m pip download --quiet --no-deps --no-binary :all: --no-build-isolation "lasagne==0.1" -d $(@D)/download
+	echo "$(LASAGNE_SDIST_SHA256)  $$(ls $(@D)/download/*.tar.gz)" | sha256sum --check --quiet
+	mv $(@D)/download/*.tar.gz $@ && rmdir $(@D)/download
+
+$(LASAGNE_SUITE)/.ready: $(LASAGNE_SUITE)/Lasagne-0.1.tar.gz
+	rm -rf $(LASAGNE_SUITE)/lasagne
+	tar -xzf $< -C $(LASAGNE_SUITE) --strip-components=1 Lasagne-0.1/lasagne/tests
+	ln -sfn ../../tests_lasagne/conftest.py $(LASAGNE_SUITE)/conftest.py
+	touch $@
 
 clean-venv:
 	rm -rf $(VENV)

@@ -28,7 +28,9 @@ setup(
         "pycocoevalcap==1.2",
     ],
     extras_require={
-        "test": ["pytest", "hypothesis", "nbclient", "nbformat", "ipykernel"],
+        # mock: Lasagne 0.1's own suite (make lasagne-suite) needs the package, not
+        # unittest.mock, which reads the properties of a spec (test_helper's mocks)
+        "test": ["pytest", "hypothesis", "nbclient", "nbformat", "ipykernel", "mock>=5"],
         # the PyTorch peer for the speed benchmark only; 2.13.0 is the CPU build
         "bench": ["torch==2.13.0", "setuptools<81"],
     },

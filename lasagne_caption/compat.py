@@ -9,7 +9,8 @@ Import this module before anything imports ``theano`` or ``lasagne``
   to link (Debian's OpenBLAS when present, else none), and a persistent
   compile directory under the user's cache dir, so the minutes of first-time
   C compilation are paid once per machine;
-* repairs the five places where Lasagne 0.1 and theano-pymc disagree:
+* repairs the places where Lasagne 0.1 (its code and its own test suite) and
+  theano-pymc disagree:
 
   1. ``blas__ldflags`` unset -> theano probes ``numpy.distutils`` for
      ``blas_opt_info``, which numpy 1.23 lacks (AttributeError at import);
@@ -18,7 +19,14 @@ Import this module before anything imports ``theano`` or ``lasagne``
      ``max_pool_2d``);
   4. ``theano.gof`` is now ``theano.graph``;
   5. the Cython scan extension does not compile on Python >= 3.11; blocking
-     it makes Scan use its Python loop, which is as fast here.
+     it makes Scan use its Python loop, which is as fast here;
+  6. ``theano.Variable``, ``theano.gof.graph`` (with ``is_same_graph``) and
+     ``theano.scan_module.scan_utils``, the Theano 1.0 names Lasagne 0.1's
+     tests use;
+
+* and, through :func:`install_master_recurrent_layers` (called by
+  ``import lasagne_caption``), makes ``lasagne.layers.LSTMLayer``/``GRULayer``
+  Lasagne master's, the seminar's.
 """
 import configparser
 import ctypes.util
@@ -135,28 +143,10 @@ def _patch_theano():
     if not hasattr(theano.graph, "Variable"):
         theano.graph.Variable = theano.graph.basic.Variable
 
-    # Theano 1.0 exported the graph's Variable at the top level; Lasagne 0.1's
-    # tests build `theano.Variable(...)` (test_helper)
+    # Theano 1.0 exported the graph's Variable at the top level (Lasagne 0.1's
+    # test_helper uses theano.Variable)
     if not hasattr(theano, "Variable"):
         theano.Variable = theano.graph.basic.Variable
-
-    # ... with any object as its type, as Theano 0.7 allowed (`theano.Variable(
-    # "myvariable")`); theano-pymc reads `type.filter` to check test values:
-    # a type without `filter` gets a check that accepts any test value
-    variable_cls = theano.graph.basic.Variable
-    if not hasattr(variable_cls.__init__, "__wrapped__"):
-        import functools
-        typed_init = variable_cls.__init__
-        any_type = types.SimpleNamespace(filter=lambda value, *args, **kw: value)
-
-        @functools.wraps(typed_init)
-        def __init__(self, type, *args, **kwargs):
-            if hasattr(type, "filter"):
-                return typed_init(self, type, *args, **kwargs)
-            typed_init(self, any_type, *args, **kwargs)
-            self.type = type
-
-        variable_cls.__init__ = __init__
 
     # `theano.gof.graph` (Lasagne 0.1's tests: `is_same_graph` on objectives'
     # aggregate) became theano.graph.basic, and is_same_graph moved to
