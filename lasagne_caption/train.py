@@ -337,10 +337,14 @@ def _train(args, given):
     meta = open_checkpoint(args)
     if meta is not None:
         check_resume(meta, dataset, args, given)
+        # the arrays must fit the metadata before a network of its sizes is built
+        values = ckpt.safe_load_arrays(args.checkpoint)
+        ckpt.check_param_shapes(values, ckpt.config_from_metadata(meta, args.checkpoint)[0],
+                                args.checkpoint)
     model = build_model(dataset, args, meta)
     start_epoch, step = 0, 0
     if meta is not None:
-        model.set_param_values(ckpt.safe_load_arrays(args.checkpoint), args.checkpoint)
+        model.set_param_values(values, args.checkpoint)
         start_epoch, step = _whole(meta, "epoch", args), _whole(meta.get("optimizer"), "step", args)
         print("resuming %s at epoch %d: keeping its network (%s %d units), vocabulary "
               "(%d words) and learning rate %g"
