@@ -1,4 +1,6 @@
 """Caption generation: one recurrent step per word, matching the full network."""
+import contextlib
+
 import numpy as np
 import pytest
 
@@ -151,19 +153,26 @@ def test_batches_do_not_change_the_captions(generator, codes):
         generator.batch_size = 256
 
 
-def test_unk_is_suppressed_by_default(trained, generator, codes):
-    b = trained.net["output"].b
+@contextlib.contextmanager
+def wanting_unk(model):
+    """The model, for the ``with`` block, always wants ``#UNK#`` next."""
+    b = model.net["output"].b
     saved = b.get_value()
     biased = saved.copy()
-    biased[trained.vocab.unk_ix] += 100     # the model now always wants #UNK#
+    biased[model.vocab.unk_ix] += 100
     b.set_value(biased)
     try:
+        yield
+    finally:
+        b.set_value(saved)
+
+
+def test_unk_is_suppressed_by_default(trained, generator, codes):
+    with wanting_unk(trained):
         assert "#UNK#" not in " ".join(generator.greedy(codes[:5])[0])
         assert "#UNK#" not in " ".join(generator.beam_search(codes[:5])[0])
         assert generator.greedy(codes[:5], max_len=3, suppress_unk=False)[0] == \
             ["#UNK# #UNK# #UNK#"] * 5
-    finally:
-        b.set_value(saved)
 
 
 def test_max_len_cuts_captions(generator, codes):
@@ -210,16 +219,9 @@ def test_nan_parameters_are_reported_not_captioned(trained, generator, codes):
 @pytest.mark.parametrize("temperature", [1e-300, 1e-30, 1e6, 1e300])
 def test_sampling_at_extreme_temperatures_never_gives_suppressed_words(trained, generator, codes,
                                                                        temperature):
-    b = trained.net["output"].b
-    saved = b.get_value()
-    biased = saved.copy()
-    biased[trained.vocab.unk_ix] += 100     # the model now always wants #UNK#
-    b.set_value(biased)
-    try:
+    with wanting_unk(trained):
         samples, log_probs = generator.sample(codes[:20], temperature=temperature, seed=0)
         assert not any("#UNK#" in s[0] or "#START#" in s[0] for s in samples)
         assert np.isfinite(log_probs).all()
         if temperature < 1e-20:   # cold: the greedy captions
             assert [s[0] for s in samples] == generator.greedy(codes[:20])[0]
-    finally:
-        b.set_value(saved)
