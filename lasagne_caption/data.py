@@ -311,8 +311,8 @@ def default_splits(n, seed=0):
     return {s: np.sort(parts[s]).astype("int64") for s in SPLITS}
 
 
-def _read_splits(path, n):
-    """``splits.json``: an object of split name -> list of distinct row numbers."""
+def _read_json_object(path, what="a JSON object"):
+    """The dict a UTF-8 JSON file holds; anything else is a one-line UserError."""
     try:
         with open(path, "rb") as f:
             raw = json.loads(f.read().decode("utf-8"))
@@ -321,8 +321,13 @@ def _read_splits(path, n):
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise UserError("%s: not JSON (%s)" % (path, str(exc).splitlines()[0]))
     if not isinstance(raw, dict):
-        raise UserError("%s: expected a JSON object of index lists, got %s"
-                        % (path, type(raw).__name__))
+        raise UserError("%s: expected %s, got %s" % (path, what, type(raw).__name__))
+    return raw
+
+
+def _read_splits(path, n):
+    """``splits.json``: an object of split name -> list of distinct row numbers."""
+    raw = _read_json_object(path, "a JSON object of index lists")
     splits = {}
     for name, ix in raw.items():
         if not isinstance(ix, list) or not all(type(i) is int for i in ix):
@@ -379,15 +384,7 @@ def load_dataset(path):
 
 
 def _read_meta(path):
-    try:
-        meta = json.loads(path.read_bytes().decode("utf-8"))
-    except OSError as exc:
-        raise UserError("%s: cannot read (%s)" % (path, exc.strerror or exc))
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-        raise UserError("%s: not JSON (%s)" % (path, str(exc).splitlines()[0]))
-    if not isinstance(meta, dict):
-        raise UserError("%s: expected a JSON object, got %s" % (path, type(meta).__name__))
-    return meta
+    return _read_json_object(path)
 
 
 def _describe_dataset(path):
