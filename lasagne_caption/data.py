@@ -40,7 +40,7 @@ from tqdm import tqdm
 
 from . import safe_pickle
 from .errors import UserError, run_cli
-from .files import current_umask, exclusive_lock
+from .files import current_umask, exclusive_lock, is_safe_archive_member
 from .vocab import END, START, Vocabulary, tokenize
 
 SPLITS = ("train", "val", "test")
@@ -734,11 +734,6 @@ def prepare_coco(json_path, out_dir, codes=None, names=None, force=False):
                               "%s (%d images with codes)" % (json_path, len(keep)))
 
 
-def _safe_member(name):
-    parts = pathlib.PurePosixPath(name).parts
-    return not name.startswith(("/", "\\")) and ".." not in parts and ":" not in name
-
-
 def _copy_stream(src, dst, size, desc):
     with open(dst, "wb") as out, tqdm(total=size, unit="B", unit_scale=True, desc=desc,
                                       disable=None, leave=False) as bar:
@@ -781,7 +776,7 @@ def _extract_seminar(archive, tmp):
     try:
         with tarfile.open(archive) as tar:
             members = tar.getmembers()
-            bad = [m.name for m in members if not _safe_member(m.name)]
+            bad = [m.name for m in members if not is_safe_archive_member(m.name)]
             if bad:
                 raise UserError("%s: refused, unsafe member path %r" % (archive, bad[0]))
             wanted = {pathlib.PurePosixPath(m.name).name: m for m in members

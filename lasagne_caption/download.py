@@ -25,9 +25,8 @@ import zipfile
 
 from tqdm import tqdm
 
-from .data import _safe_member
 from .errors import UserError
-from .files import file_digest
+from .files import file_digest, is_safe_archive_member
 
 BASE_URL = "https://github.com/jbrownlee/Datasets/releases/download/Flickr8k/"
 TEXT_ZIP, PHOTO_ZIP = "Flickr8k_text.zip", "Flickr8k_Dataset.zip"
@@ -140,7 +139,7 @@ def _extract(archive, keep, target_dir, desc):
     try:
         with zipfile.ZipFile(archive) as zf:
             infos = zf.infolist()
-            bad = [i.filename for i in infos if not _safe_member(i.filename)]
+            bad = [i.filename for i in infos if not is_safe_archive_member(i.filename)]
             if bad:
                 raise UserError("%s: refused, unsafe member path %r" % (archive, bad[0]))
             infos = [i for i in infos if not i.is_dir() and "__MACOSX" not in i.filename

@@ -16,6 +16,7 @@ import contextlib
 import errno
 import hashlib
 import os
+import pathlib
 import re
 import tempfile
 
@@ -238,6 +239,16 @@ def exclusive_lock(path, what):
         except OSError:
             pass
         os.close(fd)
+
+
+def is_safe_archive_member(name):
+    """Whether an archive member's name stays inside the folder it is extracted to.
+
+    Refuses absolute names (``/etc/x``, ``\\x``), ``..`` components and
+    drive letters or other ``:``-names (``C:x``): tar and zip path traversal.
+    """
+    parts = pathlib.PurePosixPath(name).parts
+    return not name.startswith(("/", "\\")) and ".." not in parts and ":" not in name
 
 
 def file_digest(path, algorithm="sha256"):

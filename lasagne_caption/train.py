@@ -51,8 +51,12 @@ def seed_dropout(model, seed):
             layer._srng.seed(seed)
 
 
-def build_model(dataset, args, meta=None):
-    """A new model from the options, or the one described by checkpoint metadata."""
+def build_model(dataset, args, meta=None, values=None):
+    """A new model from the options, or the one described by checkpoint metadata.
+
+    With ``meta``, ``values`` are the checkpoint's arrays: they must fit the
+    metadata before a network of its sizes is built.
+    """
     import lasagne
     # Lasagne draws initial weights from its global RNG: seed it for repeatable runs
     lasagne.random.set_rng(np.random.RandomState(args.seed))
@@ -62,6 +66,7 @@ def build_model(dataset, args, meta=None):
             raise UserError("%s: the checkpoint expects %d-d image codes, %s has %d-d"
                             % (args.checkpoint, config.code_size, dataset.path,
                                dataset.code_size))
+        ckpt.check_param_shapes(values, config, args.checkpoint)
         return CaptionModel(config, vocab, learning_rate=meta.get("learning_rate", 1e-3))
     vocab = dataset.vocabulary(min_count=args.min_count)
     embeddings = None
@@ -334,14 +339,11 @@ def _train(args, given):
     import pandas as pd
 
     dataset = load_dataset(args.data)
-    meta = open_checkpoint(args)
+    meta, values = open_checkpoint(args), None
     if meta is not None:
         check_resume(meta, dataset, args, given)
-        # the arrays must fit the metadata before a network of its sizes is built
         values = ckpt.safe_load_arrays(args.checkpoint)
-        ckpt.check_param_shapes(values, ckpt.config_from_metadata(meta, args.checkpoint)[0],
-                                args.checkpoint)
-    model = build_model(dataset, args, meta)
+    model = build_model(dataset, args, meta, values)
     start_epoch, step = 0, 0
     if meta is not None:
         model.set_param_values(values, args.checkpoint)
