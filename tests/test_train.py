@@ -114,8 +114,11 @@ def test_help_explains_the_options():
 
 
 def test_missing_dataset_is_a_one_line_error(tmp_path):
+    # in tmp_path: the default checkpoint (./wrote_net.params) may be a user's
+    # training that runs right now in the checkout
     out = subprocess.run([sys.executable, "-m", "lasagne_caption.train", "--data",
-                          str(tmp_path / "nothing")], capture_output=True, text=True)
+                          str(tmp_path / "nothing")], capture_output=True, text=True,
+                         cwd=tmp_path)
     assert out.returncode == 2
     assert out.stderr.strip().count("\n") == 0 and "no such dataset folder" in out.stderr
 
