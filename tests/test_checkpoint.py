@@ -6,7 +6,7 @@ import pickle
 import numpy as np
 import pytest
 
-import reference
+from tests import reference
 from lasagne_caption import checkpoint as ckpt
 from lasagne_caption.errors import UserError
 from lasagne_caption.vocab import Vocabulary

@@ -10,7 +10,7 @@ from lasagne.layers import (DenseLayer, DropoutLayer, EmbeddingLayer, InputLayer
                             get_all_param_values, get_output)
 from lasagne.nonlinearities import softmax
 
-import reference
+from tests import reference
 from lasagne_caption.checkpoint import safe_load_arrays
 from lasagne_caption.errors import UserError
 from lasagne_caption.layers import BroadcastLayer, LSTMLayer, UnbroadcastLayer

@@ -10,7 +10,7 @@ import theano
 import theano.tensor as T
 from lasagne.layers import DenseLayer, DropoutLayer, InputLayer, get_all_params, get_output
 
-import reference
+from tests import reference
 from lasagne_caption.compat import LASAGNE_01_RECURRENT
 from lasagne_caption.layers import GRULayer, LSTMLayer
 
