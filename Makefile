@@ -42,11 +42,14 @@ LASAGNE_SUITE := $(VENV)/lasagne-0.1
 LASAGNE_SDIST_SHA256 := 3c634ecab67e43e4f18520932bfd88bd3c678ec723c48177f18799dab2411233
 LASAGNE_SUITE_PYTEST := $(PY) -m pytest $(LASAGNE_SUITE)/lasagne/tests -q -p no:cacheprovider --disable-warnings
 
-# the project's tests, then Lasagne 0.1's own suite; both run, either failing fails
+# the project's tests and the docstring examples of every module, then Lasagne
+# 0.1's own suite; both run, either failing fails
+PROJECT_PYTEST := $(PY) -m pytest tests lasagne_caption --doctest-modules -q -p no:cacheprovider
+
 test: $(VENV)/.bench-installed $(LASAGNE_SUITE)/.ready
 	@status=0; \
-	echo "$(PY) -m pytest tests -q -p no:cacheprovider"; \
-	$(PY) -m pytest tests -q -p no:cacheprovider || status=1; \
+	echo "$(PROJECT_PYTEST)"; \
+	$(PROJECT_PYTEST) || status=1; \
 	echo "$(LASAGNE_SUITE_PYTEST)"; \
 	$(LASAGNE_SUITE_PYTEST) || status=1; \
 	exit $$status

@@ -3,7 +3,7 @@ from setuptools import find_packages, setup
 
 setup(
     name="lasagne-caption",
-    version="0.2.0",
+    version="0.3.0",
     description="Theano/Lasagne-compatible toolkit for the CNN->LSTM image-captioning seminar",
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",

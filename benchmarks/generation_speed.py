@@ -1,6 +1,8 @@
 """Caption-generation speed: one step per word vs re-running the prefix.
 
-    /work/venv/bin/python benchmarks/generation_speed.py --checkpoint wrote_net.params
+Run from the repository (or give this file's path from any directory)::
+
+    python benchmarks/generation_speed.py --checkpoint wrote_net.params
         [--data data/flickr8k] [--split test] [--max-len 20]
         [--prefix-images N] [--seminar-images 20]
 
@@ -12,6 +14,9 @@ whole network on the growing prefix for every word: batched over images
 image at a time as the seminar's notebook did (on ``--seminar-images``, then
 extrapolated to the whole split; the table says so). Compilation is done
 before timing and reported apart. The checkpoint is never trained here.
+
+:func:`time_step_generation` is the one timing of the step-per-word decoders:
+``python benchmarks/bench.py --generation`` uses it too.
 """
 import argparse
 import os
@@ -26,6 +31,25 @@ def timed(fn, *args, **kwargs):
     start = time.perf_counter()
     result = fn(*args, **kwargs)
     return result, time.perf_counter() - start
+
+
+def time_step_generation(generator, codes, max_len=20, warmup=0):
+    """Time greedy and beam-3 decoding of all ``codes`` at once, one step per word.
+
+    ``generator`` is a :class:`lasagne_caption.generate.CaptionGenerator`. Its
+    network's step functions are compiled first (a one-word greedy caption of
+    one image: ``compile_s``), then, with ``warmup`` > 0, greedy and beam 3
+    run untimed on the first ``warmup`` images; then greedy and beam 3 on all
+    of them are timed. Returns ``{"compile_s": s, "greedy": ((captions,
+    log_probs), s), "beam3": ((captions, log_probs), s)}``.
+    """
+    _, compile_s = timed(generator.greedy, codes[:1], max_len=1)
+    if warmup:
+        generator.greedy(codes[:warmup], max_len=max_len)
+        generator.beam_search(codes[:warmup], beam=3, max_len=max_len)
+    return dict(compile_s=compile_s,
+                greedy=timed(generator.greedy, codes, max_len=max_len),
+                beam3=timed(generator.beam_search, codes, beam=3, max_len=max_len))
 
 
 def main(argv=None):
@@ -45,7 +69,7 @@ def main(argv=None):
     from lasagne_caption.errors import UserError
     from lasagne_caption.generate import generate_by_prefix
 
-    captioner, compile_step = timed(Captioner.from_checkpoint, args.checkpoint)
+    captioner = Captioner.from_checkpoint(args.checkpoint)
     model, generator = captioner.model, captioner.generator
     codes = load_dataset(args.data).split(args.split)[0]
     if codes.shape[1] != model.config.code_size:
@@ -54,16 +78,17 @@ def main(argv=None):
     n = len(codes)
     n_prefix = min(args.prefix_images or n, n)
     n_seminar = min(args.seminar_images, n)
+    step = time_step_generation(generator, codes, max_len=args.max_len)
     _, compile_prefix = timed(generate_by_prefix, model, codes[:2], max_len=2)
     print("checkpoint %s: %s" % (args.checkpoint, model.describe()))
     print("%d %s images, max_len %d; compiling took %.1f s (step functions) and %.1f s "
           "(full network); not in the times below" % (n, args.split, args.max_len,
-                                                      compile_step, compile_prefix))
+                                                      step["compile_s"], compile_prefix))
 
     rows = []
-    (greedy, _), seconds = timed(generator.greedy, codes, max_len=args.max_len)
+    (greedy, _), seconds = step["greedy"]
     rows.append(("step, greedy", n, seconds, ""))
-    (beam, _), seconds = timed(generator.beam_search, codes, beam=3, max_len=args.max_len)
+    (beam, _), seconds = step["beam3"]
     rows.append(("step, beam 3", n, seconds, ""))
     (prefix, _), seconds = timed(generate_by_prefix, model, codes[:n_prefix], max_len=args.max_len)
     rows.append(("prefix, greedy, batched", n_prefix, seconds, ""))

@@ -9,4 +9,4 @@ from . import compat  # noqa: F401  (must run before theano/lasagne are imported
 
 compat.install_master_recurrent_layers()
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"

@@ -12,11 +12,12 @@ From a shell::
     python -m lasagne_caption.caption photo.jpg more/*.jpg --checkpoint wrote_net.params \\
         [--beam 3 | --greedy | --sample --temperature T] [-n K] [--json] [--model MODEL]
 
-Photos are encoded by the image encoder that produced the checkpoint's
-training codes, recognised by their size: 1001 (MobileNetV2 logits), 1280
-(MobileNetV2 pooled features), 1000 / 1024 (the seminar's GoogLeNet logits /
-pool5, which need ``blvc_googlenet.pkl``). Precomputed codes are accepted
-too. A file that is not an image gets a one-line error and the other photos
+Photos are encoded by the image encoder and feature tap that produced the
+checkpoint's training codes, as its metadata records them (``"encoder"``).
+A bare seminar parameter file has no metadata: its encoder is recognised by
+the code size, 1000 / 1024 (the seminar's GoogLeNet logits / pool5, which
+need ``blvc_googlenet.pkl``), 1001 / 1280 (MobileNetV2 logits / pool).
+Precomputed codes are accepted too. A file that is not an image gets a one-line error and the other photos
 are still captioned.
 """
 import argparse
@@ -28,29 +29,50 @@ import numpy as np
 
 from .errors import UserError, run_cli
 
-# code size -> (encoder, features): the encoder that makes codes of that size
+# code size -> the encoder that makes codes of that size: the guess for a
+# bare seminar parameter file, whose metadata does not say
 ENCODER_FOR_CODE_SIZE = {1001: ("mobilenet_v2", "logits"), 1280: ("mobilenet_v2", "pool"),
                          1000: ("googlenet", "logits"), 1024: ("googlenet", "pool")}
 
 
-def load_encoder(code_size, model_path=None):
-    """The image encoder that makes ``code_size``-d codes, and which of its codes.
+def encoder_record(metadata, code_size):
+    """``(encoder name, tap)`` that made a checkpoint's training codes.
+
+    From the metadata's ``"encoder"`` (format 3), or its data's features
+    (formats 1 and 2); a bare seminar file (no metadata) by its code size.
+    None if nothing says.
+    """
+    from .checkpoint import encoder_of
+    record = (metadata or {}).get("encoder")
+    if record is None:
+        record = encoder_of(((metadata or {}).get("data") or {}).get("features"))
+    if isinstance(record, dict) and isinstance(record.get("name"), str) \
+            and isinstance(record.get("tap"), str):
+        return record["name"], record["tap"]
+    if not metadata:
+        return ENCODER_FOR_CODE_SIZE.get(code_size)
+    return None
+
+
+def load_encoder(record, code_size, model_path=None):
+    """The image encoder named by ``record`` (``(name, tap)``), checked against the code size.
 
     Returns
     -------
     encoder : object with ``encode`` and ``input_size``
-    features : str
-        ``"logits"`` or ``"pool"``.
+    tap : str
+        Which of its codes the model reads (``"logits"``, ``"pool"``).
     """
     from .encoders import get_encoder
-    if code_size not in ENCODER_FOR_CODE_SIZE:
+    if record is None:
         raise UserError("the model expects %d-d image codes, which no encoder here "
                         "produces; pass precomputed codes instead of photos" % code_size)
-    name, features = ENCODER_FOR_CODE_SIZE[code_size]
+    name, tap = record
     try:
-        return get_encoder(name, model_path), features
+        encoder = get_encoder(name, model_path)
     except UserError as exc:
-        raise UserError("the model expects %d-d %s %s codes: %s" % (code_size, name, features, exc))
+        raise UserError("the model expects %d-d %s %s codes: %s" % (code_size, name, tap, exc))
+    return encoder, tap
 
 
 class Captioner(object):
@@ -58,18 +80,22 @@ class Captioner(object):
 
     Parameters
     ----------
-    model : CaptionModel
+    model : a :class:`~lasagne_caption.models.base.CaptionNetwork`
     encoder_model : str, optional
         The encoder's weights file (e.g. ``mobilenet_v2_1.0_224_quant.tflite``);
         None looks in the encoders' default location.
+    encoder : (name, tap), optional
+        The encoder and feature tap the model was trained on (see
+        :func:`encoder_record`); by default guessed from the code size.
     """
 
-    def __init__(self, model, encoder_model=None):
+    def __init__(self, model, encoder_model=None, encoder=None):
         from .generate import CaptionGenerator
         self.model = model
         self.vocab = model.vocab
         self.generator = CaptionGenerator(model)
         self.encoder_model = encoder_model
+        self.encoder_name = encoder or ENCODER_FOR_CODE_SIZE.get(model.image_shape[-1])
         self._encoder = None
 
     @classmethod
@@ -88,13 +114,15 @@ class Captioner(object):
             parameter file that has no metadata.
         """
         from .checkpoint import load_model
-        return cls(load_model(path, vocab)[0], encoder_model)
+        model, metadata = load_model(path, vocab)
+        return cls(model, encoder_model, encoder_record(metadata, model.image_shape[-1]))
 
     @property
     def encoder(self):
-        """The image encoder matching the model's code size, loaded once."""
+        """The image encoder the model was trained with, loaded once."""
         if self._encoder is None:
-            self._encoder, self.features = load_encoder(self.model.config.code_size,
+            self._encoder, self.features = load_encoder(self.encoder_name,
+                                                        self.model.image_shape[-1],
                                                         self.encoder_model)
         return self._encoder
 
@@ -108,18 +136,9 @@ class Captioner(object):
         errors : dict
             Index in ``photos`` -> one-line message, for the others.
         """
-        from .encoders.preprocess import load_image
-        images, errors = [], {}
-        for i, photo in enumerate(photos):
-            try:
-                if isinstance(photo, (str, bytes, os.PathLike)):
-                    photo = load_image(photo, size=self.encoder.input_size)
-                images.append(np.asarray(photo, dtype=np.uint8))
-            except UserError as exc:
-                errors[i] = str(exc)
-        if not images:
-            return np.zeros((0, self.model.config.code_size), np.float32), errors
-        return self.encoder.encode(images, progress=False)[self.features], errors
+        encoded = self.encoder.encode(list(photos), taps=self.features, progress=False,
+                                      skip_unreadable=True)
+        return encoded[self.features], {i: message for i, _, message in encoded.failed}
 
     def run(self, photos, beam=3, greedy=False, sample=False, temperature=1.0, n=1,
             seed=None, max_len=20, suppress_unk=True):
@@ -136,7 +155,9 @@ class Captioner(object):
         list of dict
             ``{"photo", "method", "captions": [str], "log_probs": [float]}``
             or ``{"photo", "error": message}``; ``photo`` is the path, or the
-            row number for arrays.
+            row number for arrays. A network that reports extras about each
+            word (attention weights, a gate value) adds ``"extras"``: per
+            caption, ``{name: array (words,) + shape}``.
         """
         from .generate import check_options
         if greedy and sample:
@@ -146,29 +167,35 @@ class Captioner(object):
                       seed=seed if sample else None)
         if n > 1 and not sample:
             raise UserError("-n %d needs --sample (beam and greedy give one caption)" % n)
-        if _are_codes(photos, self.model.config.code_size):
+        if _are_codes(photos, self.model.image_shape[-1]):
             codes, errors = np.asarray(photos, np.float32), {}
         else:
             codes, errors = self.encode(photos)
         if sample:
             method = "sample"
-            captions, log_probs = self.generator.sample(
+            captions, log_probs, extras = self.generator.sample(
                 codes, temperature=temperature, n=n, seed=seed, max_len=max_len,
-                suppress_unk=suppress_unk)
+                suppress_unk=suppress_unk, extras=True)
         else:
             method = "greedy" if greedy else "beam%d" % beam
-            captions, log_probs = (
-                self.generator.greedy(codes, max_len, suppress_unk) if greedy else
-                self.generator.beam_search(codes, beam, max_len, suppress_unk=suppress_unk))
+            captions, log_probs, extras = (
+                self.generator.greedy(codes, max_len, suppress_unk, extras=True) if greedy else
+                self.generator.beam_search(codes, beam, max_len, suppress_unk=suppress_unk,
+                                           extras=True))
             captions, log_probs = [[c] for c in captions], np.asarray(log_probs)[:, None]
+            extras = [[x] for x in extras]
         results, row = [], 0
         for i, photo in enumerate(photos):
             name = os.fspath(photo) if isinstance(photo, (str, os.PathLike)) else i
             if i in errors:
                 results.append({"photo": name, "error": errors[i]})
                 continue
-            results.append({"photo": name, "method": method, "captions": captions[row],
-                             "log_probs": [float(x) for x in log_probs[row]]})
+            result = {"photo": name, "method": method, "captions": captions[row],
+                      "log_probs": [float(x) for x in log_probs[row]]}
+            if any(extras[row]):
+                # what the network reported about each word (attention, gate)
+                result["extras"] = extras[row]
+            results.append(result)
             row += 1
         return results
 
@@ -208,7 +235,7 @@ class Captioner(object):
                   or (isinstance(photos, np.ndarray)
                       and (photos.ndim == 1 or (photos.ndim == 3 and photos.dtype == np.uint8))))
         items = [photos] if single else photos
-        if isinstance(items, list) and items and _are_codes(items[0], self.model.config.code_size):
+        if isinstance(items, list) and items and _are_codes(items[0], self.model.image_shape[-1]):
             items = np.asarray(items, np.float32)
         results = self.run(items, beam=beam, greedy=greedy, sample=sample,
                            temperature=temperature, n=n, seed=seed, max_len=max_len,
@@ -266,7 +293,8 @@ def main(argv=None):
     for r in failed:
         print("error: %s" % r["error"], file=sys.stderr)
     if args.json:
-        print(json.dumps(results, indent=1))
+        print(json.dumps(results, indent=1,
+                         default=lambda x: x.tolist() if isinstance(x, np.ndarray) else x))
     else:
         for r in results:
             for caption in r.get("captions", []):

@@ -4,8 +4,9 @@
 list of arrays in ``lasagne.layers.get_all_param_values`` order, so files
 move freely between the notebook and this toolkit. Beside it:
 
-* ``wrote_net.params.json``: human-readable metadata (network options,
-  vocabulary, data name, epoch, optimizer step, RNG seeds);
+* ``wrote_net.params.json``: human-readable metadata (format version,
+  network kind and options, vocabulary, the data and the image encoder and
+  feature tap its codes came from, epoch, optimizer step, RNG seeds);
 * ``wrote_net.params.state-<hash>.npz``: Adam's moments and a copy of the
   metadata, named after the sha256 of the parameter file it belongs to.
 
@@ -16,6 +17,11 @@ its matching state file: resume never mixes two saves.
 
 A pickle can run any code its author chose, so parameter files are read
 with an unpickler that only builds numpy arrays and plain containers.
+
+This module owns the format: :func:`make_metadata` writes what
+:func:`read_network` reads, :func:`load_model` rebuilds a network for
+captioning and :func:`resume` one for training, optimizer state included.
+A kind of network or a format this version does not know is refused.
 """
 import glob
 import hashlib
@@ -60,13 +66,6 @@ def safe_load_arrays(path):
             raise UserError("%s: parameter %d holds %s values, not numbers"
                             % (path, i, v.dtype))
     return values
-
-
-def save_arrays(path, values):
-    """Write ``values`` as the seminar does (pickle of a list of arrays), atomically."""
-    payload = pickle.dumps([np.asarray(v) for v in values], protocol=2)
-    atomic_write(path, lambda f: f.write(payload))
-    return hashlib.sha256(payload).hexdigest()
 
 
 def metadata_path(path):
@@ -139,29 +138,69 @@ def load_optimizer_state(path):
 
 # "lasagne-caption checkpoint 1": version 0.1 of this toolkit, whose LSTM
 # computed PyPI Lasagne 0.1's output gate; 2: Lasagne master's (the seminar's),
-# recorded as network.lstm_variant
-FORMAT = "lasagne-caption checkpoint 2"
+# recorded as network.lstm_variant; 3: adds the network kind and the encoder
+FORMAT = "lasagne-caption checkpoint 3"
 FORMAT_LASAGNE_01_LSTM = "lasagne-caption checkpoint 1"
+FORMATS = (FORMAT_LASAGNE_01_LSTM, "lasagne-caption checkpoint 2", FORMAT)
 
 
-def config_from_metadata(metadata, path):
-    """The :class:`~lasagne_caption.model.NetworkConfig` and vocabulary a metadata dict names.
+def encoder_of(features):
+    """``{"name", "tap"}`` of a dataset's ``features`` (``"mobilenet_v2_logits"``), or None."""
+    if not isinstance(features, str) or "_" not in features:
+        return None
+    name, tap = features.rsplit("_", 1)
+    return {"name": name, "tap": tap}
+
+
+def make_metadata(model, dataset, epoch, step, run):
+    """The metadata of a checkpoint of ``model`` trained on ``dataset``.
+
+    ``run`` holds the options of the training run (seed, batch size, ...)
+    that a resume needs or checks; see :mod:`lasagne_caption.train`.
+    """
+    features = dataset.meta.get("features")
+    return dict({
+        "format": FORMAT,
+        "kind": model.kind,
+        "network": model.config.to_dict(),
+        "vocabulary": model.vocab.words,
+        "data": {"name": dataset.name, "path": str(dataset.path), "features": features},
+        "encoder": encoder_of(features),
+        "epoch": epoch,
+        "optimizer": {"name": "adam", "step": step, "learning_rate": model.learning_rate},
+        "learning_rate": model.learning_rate,
+    }, **run)
+
+
+def read_network(metadata, path):
+    """The network class, configuration and vocabulary a metadata dict names.
 
     A checkpoint of format 1 was trained with Lasagne 0.1's LSTM: it gets
     that variant, so it keeps computing what it was trained to compute.
-    Anything malformed, or from a newer version, raises :class:`UserError`
-    naming the metadata file.
+    Formats 1 and 2 hold the seminar network. Anything malformed, or from a
+    newer version, raises :class:`UserError` naming the metadata file.
+
+    Returns
+    -------
+    cls : a :class:`~lasagne_caption.models.base.CaptionNetwork` subclass
+    config : ``cls.Config``
+    vocabulary : Vocabulary
     """
-    from .model import NetworkConfig
+    from .models import network_class
     from .vocab import Vocabulary
     where = metadata_path(path)
     if not isinstance(metadata, dict):
         raise UserError("%s: metadata must be a JSON object, not %s"
                         % (where, type(metadata).__name__))
     fmt = metadata.get("format", FORMAT_LASAGNE_01_LSTM)
-    if fmt not in (FORMAT, FORMAT_LASAGNE_01_LSTM):
-        raise UserError("%s: unknown format %r (this version reads %r): written by a newer "
-                        "lasagne-caption?" % (where, fmt, FORMAT))
+    if fmt not in FORMATS:
+        raise UserError("%s: unknown format %r (this version reads up to %r): written by a "
+                        "newer lasagne-caption?" % (where, fmt, FORMAT))
+    kind = metadata.get("kind") if fmt == FORMAT else "seminar"
+    try:
+        cls = network_class(kind)
+    except UserError as exc:
+        raise UserError("%s: %s" % (where, exc))
     options = metadata.get("network")
     if not isinstance(options, dict):
         raise UserError("%s: 'network' must be a JSON object of network options, not %s"
@@ -171,7 +210,7 @@ def config_from_metadata(metadata, path):
             raise UserError("%s: format 1 metadata cannot name an lstm_variant" % where)
         options = dict(options, lstm_variant="lasagne-0.1")
     try:
-        config = NetworkConfig.from_dict(options)
+        config = cls.Config.from_dict(options)
     except UserError as exc:
         raise UserError("%s: %s" % (where, exc))
     except TypeError as exc:   # a wrong argument count or name
@@ -186,13 +225,12 @@ def config_from_metadata(metadata, path):
     if len(vocabulary) != config.n_tokens:
         raise UserError("%s: the vocabulary has %d words, the network %d"
                         % (where, len(vocabulary), config.n_tokens))
-    return config, vocabulary
+    return cls, config, vocabulary
 
 
-def check_param_shapes(values, config, path):
+def check_param_shapes(values, cls, config, path):
     """Refuse parameter arrays that do not fit ``config``, before a network is built."""
-    from .model import param_shapes
-    expected = param_shapes(config)
+    expected = cls.param_shapes(config)
     if len(values) != len(expected):
         raise UserError("%s: %d parameter arrays, the network in its metadata has %d"
                         % (path, len(values), len(expected)))
@@ -200,6 +238,13 @@ def check_param_shapes(values, config, path):
         if tuple(value.shape) != shape:
             raise UserError("%s: parameter %d has shape %s, the network in its metadata "
                             "expects %s" % (path, i, tuple(value.shape), shape))
+
+
+def _check_finite(values, path):
+    for i, value in enumerate(values):
+        if not np.isfinite(value).all():
+            raise UserError("%s: parameter %d has NaN or infinite values; the network it "
+                            "describes cannot caption" % (path, i))
 
 
 def seminar_config(values, vocab, path):
@@ -210,7 +255,7 @@ def seminar_config(values, vocab, path):
     parameter 0 is the embedding (n_tokens, embed), parameter 1 the image
     projection (code_size, units).
     """
-    from .model import NetworkConfig
+    from .models import NetworkConfig
     if len(values) < 2 or values[0].ndim != 2 or values[1].ndim != 2:
         raise UserError("%s: not the seminar's parameter layout; train with this toolkit "
                         "to get a checkpoint with metadata" % path)
@@ -228,17 +273,17 @@ def load_model(path, vocab=None):
     ----------
     path : str
         The parameter file; its metadata (``PATH.json``) names the network
-        options and the vocabulary.
+        kind and options and the vocabulary.
     vocab : str, optional
         A vocabulary file (``Vocabulary.save`` format) for a bare seminar
         parameter file, which has no metadata.
 
     Returns
     -------
-    model : CaptionModel
+    model : a :class:`~lasagne_caption.models.base.CaptionNetwork`
     metadata : dict ({} for a bare seminar file)
     """
-    from .model import CaptionModel
+    from .models import SeminarModel
     from .vocab import Vocabulary
     path = os.fspath(path)
     if os.path.isdir(path):
@@ -246,20 +291,80 @@ def load_model(path, vocab=None):
     values = safe_load_arrays(path)
     metadata = load_metadata(path)
     if metadata is not None:
-        config, vocabulary = config_from_metadata(metadata, path)
+        cls, config, vocabulary = read_network(metadata, path)
     elif vocab is not None:
         vocabulary = Vocabulary.load(vocab)
-        config = seminar_config(values, vocabulary, path)
+        cls, config = SeminarModel, seminar_config(values, vocabulary, path)
         metadata = {}
     else:
         raise UserError("%s has no metadata (%s): a bare seminar parameter file needs its "
                         "vocabulary, pass --vocab FILE (vocab=FILE in Python)"
                         % (path, metadata_path(path)))
-    check_param_shapes(values, config, path)
-    for i, value in enumerate(values):
-        if not np.isfinite(value).all():
-            raise UserError("%s: parameter %d has NaN or infinite values; the network it "
-                            "describes cannot caption" % (path, i))
-    model = CaptionModel(config, vocabulary)
+    check_param_shapes(values, cls, config, path)
+    _check_finite(values, path)
+    model = cls(config, vocabulary)
     model.set_param_values(values, path)
     return model, metadata
+
+
+def resume(path, image_shape=None, reset_optimizer=False):
+    """The network of a training checkpoint with its parameters and Adam state.
+
+    Parameters
+    ----------
+    path : str
+        A checkpoint written by :func:`save_checkpoint` (with metadata).
+    image_shape : tuple, optional
+        The image input of the data to train on; a checkpoint for another
+        shape is refused before its network is built.
+    reset_optimizer : bool
+        If the saved optimizer state is missing or damaged, start Adam's
+        moments anew (with a note) instead of refusing.
+
+    Returns
+    -------
+    model : a :class:`~lasagne_caption.models.base.CaptionNetwork`
+    metadata : dict
+    """
+    values = safe_load_arrays(path)
+    metadata = load_metadata(path)
+    if metadata is None:
+        raise UserError("%s has no metadata (%s)" % (path, metadata_path(path)))
+    cls, config, vocabulary = read_network(metadata, path)
+    model_shape = cls.image_shape_of(config)
+    if image_shape is not None and tuple(image_shape) != model_shape:
+        raise UserError("%s: the checkpoint expects image codes of shape %s, the data has %s"
+                        % (path, model_shape, tuple(image_shape)))
+    check_param_shapes(values, cls, config, path)
+    _check_finite(values, path)
+    for key, mapping in (("epoch", metadata), ("step", metadata.get("optimizer"))):
+        value = (mapping or {}).get(key)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise UserError("%s: '%s' must be a whole number, not %r"
+                            % (metadata_path(path), key, value))
+    model = cls(config, vocabulary, learning_rate=metadata.get("learning_rate", 1e-3))
+    model.set_param_values(values, path)
+    _restore_optimizer(model, path, reset_optimizer)
+    return model, metadata
+
+
+def _restore_optimizer(model, path, reset):
+    """Load Adam's moments saved with the checkpoint (or start them anew if ``reset``)."""
+    optimizer = model.optimizer_state
+    try:
+        values = load_optimizer_state(path)
+        if len(values) != len(optimizer):
+            raise UserError("%s: optimizer state has %d arrays, expected %d"
+                            % (path, len(values), len(optimizer)))
+        for var, value in zip(optimizer, values):
+            if value.shape != var.get_value(borrow=True).shape:
+                raise UserError("%s: optimizer state array of shape %s, expected %s"
+                                % (path, value.shape, var.get_value(borrow=True).shape))
+    except UserError as exc:
+        if not reset:
+            raise UserError("%s. The weights are intact: add --reset-optimizer to resume them "
+                            "with fresh Adam moments" % exc)
+        print("--reset-optimizer: resuming with fresh Adam moments (%s)" % exc)
+        return
+    for var, value in zip(optimizer, values):
+        var.set_value(value.astype(var.dtype))

@@ -2,18 +2,19 @@
 
 The seminar generated a caption by running the whole network on the growing
 prefix ``#START# w1 ... wt`` for every new word: quadratic in the caption
-length, one image at a time. :class:`CaptionGenerator` compiles two small
-Theano functions instead, both with dropout off:
+length, one image at a time. :class:`CaptionGenerator` drives a network
+through its inference interface instead (:mod:`lasagne_caption.models.base`):
 
-* ``initial_states(codes) -> states``: the recurrent state before ``#START#``
-  (the image projection as the LSTM cell / GRU hidden state, or, for
-  ``image_inject="first_input"``, the state after the image step);
-* ``step(words, states) -> (log_probs, states)``: feed one word per row and
-  get the next-word log-probabilities over the vocabulary.
+* ``model.feed_image(codes) -> states``: the state before ``#START#``;
+* ``model.inference_step(words, states) -> (log_probs, states, extras)``:
+  feed one word per row and get the next-word log-probabilities over the
+  vocabulary, and whatever the network reports about the step (``extras``:
+  attention weights, a gate value).
 
 Greedy decoding, sampling and beam search all run on many images at once
 (one row per image, per sample or per beam) and carry the states along, so
-every new word costs one recurrent step. :func:`generate_by_prefix` is the
+every new word costs one recurrent step. With ``extras=True`` they also
+return, for every caption, the extras of each of its words. :func:`generate_by_prefix` is the
 seminar's method, kept as the reference for tests and the benchmark.
 
 Conventions shared by every decoder:
@@ -32,10 +33,7 @@ Conventions shared by every decoder:
 import math
 import numbers
 
-import lasagne
 import numpy as np
-import theano
-import theano.tensor as T
 
 from .errors import UserError
 
@@ -85,11 +83,11 @@ def _check_finite(log_probs):
 
 
 class CaptionGenerator(object):
-    """Compiled one-step generation functions of a :class:`~lasagne_caption.model.CaptionModel`.
+    """Greedy decoding, sampling and beam search over a network's inference interface.
 
     Parameters
     ----------
-    model : CaptionModel
+    model : a :class:`~lasagne_caption.models.base.CaptionNetwork`
         Its current parameters are used (shared variables: later changes to
         the model's weights are seen without recompiling).
     batch_size : int
@@ -106,41 +104,48 @@ class CaptionGenerator(object):
         self.model = model
         self.vocab = model.vocab
         self.batch_size = batch_size
-        self._init_fn, self._step_fn = _compile_step_functions(model.net)
 
-    # -- the two compiled functions ----------------------------------------
+    # -- the network's interface --------------------------------------------
     def initial_states(self, codes):
-        """Recurrent states (list of float32 (N, units)) before ``#START#`` is fed."""
-        return self._init_fn(np.asarray(codes, dtype="float32"))
+        """The network's states before ``#START#`` is fed (one row per image)."""
+        return self.model.feed_image(codes)
 
     def step(self, words, states):
-        """Feed ``words`` (int (N,)); returns ``(log_probs (N, n_tokens), new states)``.
+        """Feed ``words`` (int (N,)): ``(log_probs (N, n_tokens), new states, extras)``.
 
         Raises :class:`UserError` if the model gives NaN (non-finite parameters).
         """
-        out = self._step_fn(np.asarray(words, dtype="int32"), *states)
-        _check_finite(out[0])
-        return out[0], out[1:]
+        log_probs, states, extras = self.model.inference_step(words, states)
+        _check_finite(log_probs)
+        return log_probs, states, extras
 
     # -- decoders ---------------------------------------------------------
-    def greedy(self, codes, max_len=20, suppress_unk=True):
+    def greedy(self, codes, max_len=20, suppress_unk=True, extras=False):
         """The most probable word at every step.
 
         Parameters
         ----------
-        codes : array (N, code_size)
+        codes : array (N,) + model.image_shape
         max_len : int
         suppress_unk : bool
+        extras : bool
+            Also return what the network reported about each word.
 
         Returns
         -------
         captions : list of str
         log_probs : float64 array (N,)
+        extras : list of dict, only with ``extras=True``
+            For each caption, ``{name: array (words,) + shape}``: the
+            network's extras of every generated token, ``#END#`` included
+            (``{}`` for a network that reports none).
         """
         check_options(max_len=max_len)
-        return self._chunked(self._greedy, codes, max_len=max_len, suppress_unk=suppress_unk)
+        return self._chunked(self._greedy, codes, extras, max_len=max_len,
+                             suppress_unk=suppress_unk)
 
-    def sample(self, codes, temperature=1.0, n=1, seed=None, max_len=20, suppress_unk=True):
+    def sample(self, codes, temperature=1.0, n=1, seed=None, max_len=20, suppress_unk=True,
+               extras=False):
         """Draw ``n`` captions per image from the model, softmax at ``temperature``.
 
         The same ``seed`` (and the same inputs) gives the same captions.
@@ -150,16 +155,20 @@ class CaptionGenerator(object):
         captions : list of list of str
             ``n`` captions for each of the N images.
         log_probs : float64 array (N, n)
+        extras : list of list of dict, only with ``extras=True``
+            As for :meth:`greedy`, ``n`` per image.
         """
         check_options(temperature=temperature, n=n, max_len=max_len, seed=seed)
         rng = np.random.default_rng(seed)
         codes = np.repeat(np.asarray(codes, dtype="float32"), n, axis=0)
-        captions, log_probs = self._chunked(self._sample, codes, rng=rng, temperature=temperature,
-                                            max_len=max_len, suppress_unk=suppress_unk)
-        return [captions[i:i + n] for i in range(0, len(captions), n)], log_probs.reshape(-1, n)
+        out = self._chunked(self._sample, codes, extras, rng=rng, temperature=temperature,
+                            max_len=max_len, suppress_unk=suppress_unk)
+        groups = [[items[i:i + n] for i in range(0, len(items), n)] for items in out[::2]]
+        result = (groups[0], out[1].reshape(-1, n))
+        return result + (groups[1],) if extras else result
 
     def beam_search(self, codes, beam=3, max_len=20, length_normalization=0.0,
-                    suppress_unk=True):
+                    suppress_unk=True, extras=False):
         """The best caption among ``beam`` hypotheses kept per image and step.
 
         Finished hypotheses (ending in ``#END#``) stay in the beam with their
@@ -175,26 +184,24 @@ class CaptionGenerator(object):
         captions : list of str
         log_probs : float64 array (N,)
             The raw (not length-normalised) log-probability of each caption.
+        extras : list of dict, only with ``extras=True``
+            As for :meth:`greedy`: the extras of the chosen hypothesis.
         """
         check_options(beam=beam, max_len=max_len, length_normalization=length_normalization)
-        return self._chunked(self._beam_search, codes, beam=beam, max_len=max_len,
+        return self._chunked(self._beam_search, codes, extras, beam=beam, max_len=max_len,
                              alpha=length_normalization, suppress_unk=suppress_unk)
 
     # -- implementation -----------------------------------------------------
-    def _chunked(self, decode, codes, **kwargs):
-        codes = np.asarray(codes, dtype="float32")
-        if codes.ndim != 2 or codes.shape[1] != self.model.config.code_size:
-            raise UserError("expected image codes (N, %d), got shape %s"
-                            % (self.model.config.code_size, codes.shape))
-        if not np.isfinite(codes).all():
-            raise UserError("image codes contain NaN or inf (row %d)"
-                            % (~np.isfinite(codes).all(axis=1)).argmax())
-        captions, log_probs = [], []
+    def _chunked(self, decode, codes, extras, **kwargs):
+        codes = self.model.check_images(codes)
+        captions, log_probs, notes = [], [], []
         for start in range(0, len(codes), self.batch_size):
-            c, lp = decode(codes[start:start + self.batch_size], **kwargs)
+            c, lp, x = decode(codes[start:start + self.batch_size], **kwargs)
             captions += c
             log_probs.append(lp)
-        return captions, np.concatenate(log_probs) if log_probs else np.zeros(0)
+            notes += x
+        result = (captions, np.concatenate(log_probs) if log_probs else np.zeros(0))
+        return result + (notes,) if extras else result
 
     def _banned(self, suppress_unk):
         return [self.vocab.start_ix] + ([self.vocab.unk_ix] if suppress_unk else [])
@@ -227,17 +234,22 @@ class CaptionGenerator(object):
         tokens = np.full((n, max_len), end, dtype="int32")
         total = np.zeros(n)
         done = np.zeros(n, dtype=bool)
+        lengths = np.zeros(n, dtype=int)
+        history = []
         for t in range(max_len):
-            log_probs, states = self.step(words, states)
+            log_probs, states, extras = self.step(words, states)
             scores = log_probs.copy()
             scores[:, self._banned(suppress_unk)] = -np.inf
             words = np.where(done, end, pick(scores)).astype("int32")
             total += np.where(done, 0.0, log_probs[np.arange(n), words])
             tokens[:, t] = words
+            lengths += ~done
+            history.append(extras)
             done |= words == end
             if done.all():
                 break
-        return [self.vocab.decode(row) for row in tokens], total
+        return ([self.vocab.decode(row) for row in tokens], total,
+                _per_caption(history, np.arange(n), lengths))
 
     def _beam_search(self, codes, beam, max_len, alpha, suppress_unk):
         n, end = len(codes), self.vocab.end_ix
@@ -255,8 +267,10 @@ class CaptionGenerator(object):
         lengths = np.zeros(n * lanes, dtype=int)
         done = np.zeros(n * lanes, dtype=bool)
         rows = np.arange(n)[:, None]
+        # the extras of every token of every hypothesis: {name: (rows, t) + shape}
+        history = None
         for _ in range(max_len):
-            log_probs, states = self.step(words, states)
+            log_probs, states, extras = self.step(words, states)
             log_probs[:, self._banned(suppress_unk)] = -np.inf
             # a finished hypothesis has one continuation, #END# at no cost
             log_probs[done] = -np.inf
@@ -275,39 +289,25 @@ class CaptionGenerator(object):
             done = done[source] | (words == end)
             tokens = np.concatenate([tokens[source], words[:, None]], axis=1)
             states = [s[source] for s in states]
+            # the new token's extras are those of the step that scored it
+            step_extras = {k: np.asarray(v)[source][:, None] for k, v in extras.items()}
+            history = step_extras if history is None else {
+                k: np.concatenate([history[k][source], v], axis=1)
+                for k, v in step_extras.items()}
             if done.all():
                 break
         normalised = (scores / np.maximum(lengths, 1) ** alpha).reshape(n, lanes)
         chosen = np.arange(n) * lanes + normalised.argmax(axis=1)
-        return [self.vocab.decode(row) for row in tokens[chosen]], scores[chosen]
+        notes = [{k: v[row, :lengths[row]] for k, v in (history or {}).items()}
+                 for row in chosen]
+        return [self.vocab.decode(row) for row in tokens[chosen]], scores[chosen], notes
 
 
-def _compile_step_functions(net):
-    """``init(codes) -> states`` and ``step(words, *states) -> [log_probs] + states``."""
-    decoder, embedding, output = net["decoder"], net["embedding"], net["output"]
-    codes = net["image_codes"]
-    # the outputs of the layers that give the decoder its initial state
-    # (the image projection for cell_init); dropout off
-    inputs = [None] * len(decoder.input_layers)
-    for index in decoder.init_incoming_index.values():
-        inputs[index] = lasagne.layers.get_output(decoder.input_layers[index], deterministic=True)
-    states = decoder.initial_states(inputs, codes.shape[0])
-    if not decoder.init_incoming_index:
-        # Show and Tell (image_inject="first_input"): the projected image is
-        # the first input step, before #START#
-        image = lasagne.layers.get_output(net["image_projection"], deterministic=True)
-        states = decoder.step(decoder.input_products(image), *states)
-    init_fn = theano.function([codes], states, allow_input_downcast=True,
-                              name="caption_initial_states")
-
-    words = T.ivector("words")
-    previous = [T.matrix("state_%d" % i) for i in range(len(states))]
-    new = decoder.step(decoder.input_products(embedding.get_output_for(words)), *previous)
-    logits = T.dot(new[-1], output.W) + output.b
-    log_probs = T.nnet.logsoftmax(logits)
-    step_fn = theano.function([words] + previous, [log_probs] + list(new),
-                              allow_input_downcast=True, name="caption_step")
-    return init_fn, step_fn
+def _per_caption(history, rows, lengths):
+    """``[{name: (length,) + shape}]`` of ``rows`` from a list of per-step extras dicts."""
+    names = history[0].keys() if history else ()
+    return [{k: np.stack([np.asarray(step[k])[row] for step in history[:length]])
+             for k in names} for row, length in zip(rows, lengths)]
 
 
 def generate_by_prefix(model, codes, max_len=20, suppress_unk=True):

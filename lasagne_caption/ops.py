@@ -11,7 +11,7 @@
   gate: Lasagne master's (the seminar's) and Lasagne 0.1's.
 
 Both evaluate exp with a polynomial gcc vectorises (glibc's ``expf`` is a
-scalar call); measured with ``python -m lasagne_caption.bench``, see README.
+scalar call); measured with ``python benchmarks/bench.py``, see README.
 """
 import numpy as np
 import theano.tensor as T

@@ -22,7 +22,7 @@ from . import checkpoint as ckpt
 from .data import generate_batch, iterate_captions, load_dataset
 from .errors import UserError, run_cli
 from .files import atomic_write, exclusive_lock, remove_stale_temporaries
-from .model import CaptionModel, NetworkConfig, read_glove
+from .models import NetworkConfig, SeminarModel, read_glove, seed_initial_weights
 
 LOG_COLUMNS = ["epoch", "train_loss", "val_loss", "seconds", "step"]
 
@@ -44,30 +44,8 @@ def epoch_rngs(seed, epoch):
     return rng, int(rng.integers(1, 2 ** 30))
 
 
-def seed_dropout(model, seed):
-    from lasagne.layers import DropoutLayer, get_all_layers
-    for layer in get_all_layers(model.top):
-        if isinstance(layer, DropoutLayer):
-            layer._srng.seed(seed)
-
-
-def build_model(dataset, args, meta=None, values=None):
-    """A new model from the options, or the one described by checkpoint metadata.
-
-    With ``meta``, ``values`` are the checkpoint's arrays: they must fit the
-    metadata before a network of its sizes is built.
-    """
-    import lasagne
-    # Lasagne draws initial weights from its global RNG: seed it for repeatable runs
-    lasagne.random.set_rng(np.random.RandomState(args.seed))
-    if meta is not None:
-        config, vocab = ckpt.config_from_metadata(meta, args.checkpoint)
-        if config.code_size != dataset.code_size:
-            raise UserError("%s: the checkpoint expects %d-d image codes, %s has %d-d"
-                            % (args.checkpoint, config.code_size, dataset.path,
-                               dataset.code_size))
-        ckpt.check_param_shapes(values, config, args.checkpoint)
-        return CaptionModel(config, vocab, learning_rate=meta.get("learning_rate", 1e-3))
+def build_model(dataset, args):
+    """A new seminar network from the command-line options."""
     vocab = dataset.vocabulary(min_count=args.min_count)
     embeddings = None
     if args.glove:
@@ -78,19 +56,12 @@ def build_model(dataset, args, meta=None, values=None):
         embed_size=args.embed_size if embeddings is None else embeddings.shape[1],
         units=args.units, image_inject=args.image_inject, cell=args.cell,
         freeze_embeddings=args.freeze_embeddings)
-    return CaptionModel(config, vocab, learning_rate=args.learning_rate, embeddings=embeddings)
+    return SeminarModel(config, vocab, learning_rate=args.learning_rate, embeddings=embeddings)
 
 
-def metadata(model, dataset, args, epoch, step):
+def run_options(args):
+    """What a checkpoint records of the run: how batches are drawn, how it started."""
     return {
-        "format": ckpt.FORMAT,
-        "network": model.config.to_dict(),
-        "vocabulary": model.vocab.words,
-        "data": {"name": dataset.name, "path": str(dataset.path),
-                 "features": dataset.meta.get("features")},
-        "epoch": epoch,
-        "optimizer": {"name": "adam", "step": step, "learning_rate": model.learning_rate},
-        "learning_rate": model.learning_rate,
         "rng": {"seed": args.seed,
                 "rule": "epoch e draws batches from numpy default_rng([seed, e]) and "
                         "seeds dropout from its first integer"},
@@ -109,7 +80,7 @@ def _compile_record():
     return os.path.join(cache_dir(), "compile_seconds.json")
 
 
-# measured with `python -m lasagne_caption.bench` (cold compile column), see README
+# measured with `python benchmarks/bench.py` (cold compile column), see README
 FIRST_COMPILE_ESTIMATE = "about 1.5-2 minutes"
 
 
@@ -339,21 +310,24 @@ def _train(args, given):
     import pandas as pd
 
     dataset = load_dataset(args.data)
-    meta, values = open_checkpoint(args), None
+    meta = open_checkpoint(args)
     if meta is not None:
         check_resume(meta, dataset, args, given)
-        values = ckpt.safe_load_arrays(args.checkpoint)
-    model = build_model(dataset, args, meta, values)
+    # initial weights and dropout streams come from one global RNG: seeded,
+    # the run is repeatable
+    seed_initial_weights(args.seed)
     start_epoch, step = 0, 0
     if meta is not None:
-        model.set_param_values(values, args.checkpoint)
-        start_epoch, step = _whole(meta, "epoch", args), _whole(meta.get("optimizer"), "step", args)
+        model, meta = ckpt.resume(args.checkpoint, (dataset.code_size,), args.reset_optimizer)
+        start_epoch, step = meta["epoch"], meta["optimizer"]["step"]
         print("resuming %s at epoch %d: keeping its network (%s %d units), vocabulary "
               "(%d words) and learning rate %g"
               % (args.checkpoint, start_epoch, model.config.cell, model.config.units,
                  len(model.vocab), model.learning_rate))
-    elif args.init_from:
-        model.set_param_values(ckpt.safe_load_arrays(args.init_from), args.init_from)
+    else:
+        model = build_model(dataset, args)
+        if args.init_from:
+            model.set_param_values(ckpt.safe_load_arrays(args.init_from), args.init_from)
     log_csv, log_png = log_paths(args.checkpoint)
     log = read_log(log_csv, start_epoch) if meta is not None else pd.DataFrame(columns=LOG_COLUMNS)
     print("data: %s (%d images, %d-d codes), vocabulary %d words"
@@ -364,8 +338,6 @@ def _train(args, given):
         return model
 
     optimizer = model.optimizer_state
-    if meta is not None:
-        restore_optimizer(optimizer, args)
 
     train_codes, train_captions = dataset.split("train")
     val = validation_batches(dataset, model, args)
@@ -376,12 +348,12 @@ def _train(args, given):
     def save(snap):
         epoch, at_step, params, opt = snap
         ckpt.save_checkpoint(args.checkpoint, params,
-                             metadata(model, dataset, args, epoch, at_step), opt)
+                             ckpt.make_metadata(model, dataset, epoch, at_step, run_options(args)), opt)
         write_log(log_csv, log_png, log)
         if args.keep_every and epoch % args.keep_every == 0:
             # a copy per chosen epoch, to pick the number of epochs on dev later
             ckpt.save_checkpoint(kept_path(args.checkpoint, epoch), params,
-                                 metadata(model, dataset, args, epoch, at_step), opt)
+                                 ckpt.make_metadata(model, dataset, epoch, at_step, run_options(args)), opt)
 
     last = snapshot(start_epoch)
     saved_epoch = start_epoch
@@ -393,7 +365,7 @@ def _train(args, given):
         for epoch in range(start_epoch + 1, args.epochs + 1):
             t0 = time.time()
             rng, dropout_seed = epoch_rngs(args.seed, epoch)
-            seed_dropout(model, dropout_seed)
+            model.seed_dropout(dropout_seed)
             losses = []
             bar = tqdm(range(args.batches_per_epoch), desc="epoch %d/%d" % (epoch, args.epochs),
                        leave=False, unit="batch", disable=None)
@@ -445,35 +417,6 @@ def _train(args, given):
     print("saved %s (epoch %d); log %s, plot %s"
           % (args.checkpoint, args.epochs, log_csv, log_png))
     return model
-
-
-def _whole(mapping, key, args):
-    value = (mapping or {}).get(key)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise UserError("%s: '%s' must be a whole number, not %r"
-                        % (ckpt.metadata_path(args.checkpoint), key, value))
-    return value
-
-
-def restore_optimizer(optimizer, args):
-    """Load Adam's moments saved with the checkpoint (or start them anew on request)."""
-    try:
-        values = ckpt.load_optimizer_state(args.checkpoint)
-        if len(values) != len(optimizer):
-            raise UserError("%s: optimizer state has %d arrays, expected %d"
-                            % (args.checkpoint, len(values), len(optimizer)))
-        for var, value in zip(optimizer, values):
-            if value.shape != var.get_value(borrow=True).shape:
-                raise UserError("%s: optimizer state array of shape %s, expected %s"
-                                % (args.checkpoint, value.shape, var.get_value(borrow=True).shape))
-    except UserError as exc:
-        if not args.reset_optimizer:
-            raise UserError("%s. The weights are intact: add --reset-optimizer to resume them "
-                            "with fresh Adam moments" % exc)
-        print("--reset-optimizer: resuming with fresh Adam moments (%s)" % exc)
-        return
-    for var, value in zip(optimizer, values):
-        var.set_value(value.astype(var.dtype))
 
 
 def build_parser():

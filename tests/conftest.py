@@ -64,12 +64,12 @@ def tiny_dataset(tmp_path_factory):
 def tiny_model(tiny_dataset):
     """A small seminar network whose Theano functions are compiled once per session."""
     from lasagne_caption.data import load_dataset
-    from lasagne_caption.model import CaptionModel, NetworkConfig
+    from lasagne_caption.models import NetworkConfig, SeminarModel
 
     ds = load_dataset(tiny_dataset)
     vocab = ds.vocabulary(min_count=1)
     config = NetworkConfig(n_tokens=len(vocab), code_size=ds.code_size, embed_size=8, units=16)
-    return CaptionModel(config, vocab, learning_rate=0.01)
+    return SeminarModel(config, vocab, learning_rate=0.01)
 
 
 @pytest.fixture(scope="session")

@@ -93,9 +93,9 @@ def test_bare_seminar_file_needs_a_vocabulary(demo_checkpoint, captioner, tmp_pa
 
 def test_code_sizes_choose_the_encoder(tmp_path):
     with pytest.raises(UserError, match="1000-d googlenet.*blvc_googlenet.pkl"):
-        load_encoder(1000, tmp_path / "missing.pkl")
+        load_encoder(caption.encoder_record({}, 1000), 1000, tmp_path / "missing.pkl")
     with pytest.raises(UserError, match="12-d image codes.*precomputed codes"):
-        load_encoder(12)
+        load_encoder(caption.encoder_record({}, 12), 12)
 
 
 def test_cli_missing_checkpoint_is_one_line(tmp_path, capsys):

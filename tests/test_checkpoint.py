@@ -147,6 +147,9 @@ def test_old_toolkit_checkpoints_keep_lasagne_0_1_math(tmp_path):
 
 @pytest.mark.parametrize("change, message", [
     (lambda m: m.update(format="lasagne-caption checkpoint 9"), "unknown format"),
+    (lambda m: m.update(kind="transformer"), "unknown network kind 'transformer'"),
+    (lambda m: m.pop("kind"), "unknown network kind None"),
+    (lambda m: m.update(kind=["seminar"]), "unknown network kind"),
     (lambda m: m["network"].update(attention=True), "unknown network option attention"),
     (lambda m: m["network"].update(units="5"), "units must be a whole number"),
     (lambda m: m["network"].update(units=6000), r"parameter 1 has shape \(9, 5\), the network"),
@@ -157,7 +160,7 @@ def test_old_toolkit_checkpoints_keep_lasagne_0_1_math(tmp_path):
 def test_bad_metadata_is_refused_before_building(tmp_path, change, message):
     path, _, _ = _seminar_file(tmp_path)
     options = {"n_tokens": len(WORDS), "code_size": 9, "embed_size": 6, "units": 5}
-    meta = {"format": ckpt.FORMAT, "network": options, "vocabulary": WORDS,
+    meta = {"format": ckpt.FORMAT, "kind": "seminar", "network": options, "vocabulary": WORDS,
             "params_sha256": ckpt.file_digest(str(path))}
     change(meta)
     (tmp_path / "wrote_net.params.json").write_text(json.dumps(meta))
@@ -224,13 +227,13 @@ def _peak_bytes(fn):
 
 @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
 @given(changes=st.dictionaries(st.sampled_from(OPTIONS + ["network", "vocabulary", "format",
-                                                          "epoch"]), JSON, min_size=1,
+                                                          "epoch", "kind"]), JSON, min_size=1,
                                max_size=3))
 def test_mutated_metadata_loads_or_raises_a_user_error(tmp_path_factory, changes):
     folder = tmp_path_factory.mktemp("meta")
     path, _, params = _seminar_file(folder)
     network = {"n_tokens": len(WORDS), "code_size": 9, "embed_size": 6, "units": 5}
-    meta = {"format": ckpt.FORMAT, "network": network, "vocabulary": WORDS,
+    meta = {"format": ckpt.FORMAT, "kind": "seminar", "network": network, "vocabulary": WORDS,
             "params_sha256": ckpt.file_digest(str(path))}
     for key, value in changes.items():
         (network if key in OPTIONS else meta)[key] = value
@@ -280,3 +283,42 @@ def test_a_memo_bomb_is_refused_in_bounded_memory(tmp_path):
     assert _peak_bytes(lambda: ckpt.safe_load_arrays(path)) < 2 ** 20
     with pytest.raises(UserError, match="bomb.params: truncated or corrupt parameter pickle"):
         ckpt.safe_load_arrays(path)
+
+
+def test_format_2_metadata_without_a_kind_is_the_seminar_network(tmp_path):
+    """Checkpoints written by toolkit 0.2 (format 2, no "kind") still load."""
+    path, _, _ = _seminar_file(tmp_path)
+    options = {"n_tokens": len(WORDS), "code_size": 9, "embed_size": 6, "units": 5}
+    meta = {"format": "lasagne-caption checkpoint 2", "network": options, "vocabulary": WORDS,
+            "params_sha256": ckpt.file_digest(str(path))}
+    (tmp_path / "wrote_net.params.json").write_text(json.dumps(meta))
+    model, _ = ckpt.load_model(path)
+    assert model.kind == "seminar" and model.config.lstm_variant == "master"
+
+
+def test_unknown_kind_and_newer_format_are_one_line_errors_naming_the_file(tmp_path):
+    path, _, _ = _seminar_file(tmp_path)
+    options = {"n_tokens": len(WORDS), "code_size": 9, "embed_size": 6, "units": 5}
+    for change, message in ((dict(kind="show_attend_tell_v9"), "unknown network kind"),
+                            (dict(format="lasagne-caption checkpoint 4"), "unknown format")):
+        meta = dict({"format": ckpt.FORMAT, "kind": "seminar", "network": options,
+                     "vocabulary": WORDS, "params_sha256": ckpt.file_digest(str(path))}, **change)
+        (tmp_path / "wrote_net.params.json").write_text(json.dumps(meta))
+        for load in (ckpt.load_model, ckpt.resume):
+            with pytest.raises(UserError) as error:
+                load(str(path))
+            assert message in str(error.value) and "\n" not in str(error.value)
+            assert str(error.value).startswith(str(path) + ".json: ")
+
+
+def test_metadata_records_kind_encoder_and_tap(tmp_path, tiny_model, tiny_dataset):
+    from lasagne_caption.data import load_dataset
+    dataset = load_dataset(tiny_dataset)
+    dataset.meta["features"] = "mobilenet_v2_pool"
+    meta = ckpt.make_metadata(tiny_model, dataset, epoch=3, step=30, run={"batch_size": 5})
+    assert meta["format"] == ckpt.FORMAT and meta["kind"] == "seminar"
+    assert meta["encoder"] == {"name": "mobilenet_v2", "tap": "pool"}
+    assert meta["batch_size"] == 5 and meta["optimizer"]["step"] == 30
+    cls, config, vocab = ckpt.read_network(json.loads(json.dumps(meta)), "x.params")
+    assert cls is type(tiny_model) and config == tiny_model.config
+    assert vocab.words == tiny_model.vocab.words

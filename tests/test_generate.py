@@ -7,7 +7,7 @@ import pytest
 from lasagne_caption.data import generate_batch, load_dataset
 from lasagne_caption.errors import UserError
 from lasagne_caption.generate import CaptionGenerator, generate_by_prefix
-from lasagne_caption.model import CaptionModel, NetworkConfig
+from lasagne_caption.models import NetworkConfig, SeminarModel
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +51,8 @@ def step_probabilities(generator, codes, sentences):
     states = generator.initial_states(codes)
     out = []
     for t in range(sentences.shape[1]):
-        log_probs, states = generator.step(sentences[:, t], states)
+        log_probs, states, extras = generator.step(sentences[:, t], states)
+        assert extras == {}   # the seminar network reports nothing per step
         out.append(np.exp(log_probs))
     return np.stack(out, axis=1)
 
@@ -79,7 +80,7 @@ def test_greedy_equals_rerunning_the_prefix(trained, generator, codes):
 def test_other_networks_step_like_the_full_network(tiny_model, codes, image_inject, cell):
     config = NetworkConfig(n_tokens=len(tiny_model.vocab), code_size=codes.shape[1],
                            embed_size=8, units=16, image_inject=image_inject, cell=cell)
-    model = CaptionModel(config, tiny_model.vocab)
+    model = SeminarModel(config, tiny_model.vocab)
     generator = CaptionGenerator(model)
     sentences = np.random.RandomState(0).randint(1, len(model.vocab), (5, 6)).astype("int32")
     np.testing.assert_allclose(step_probabilities(generator, codes[:5], sentences),
@@ -225,3 +226,76 @@ def test_sampling_at_extreme_temperatures_never_gives_suppressed_words(trained, 
         assert np.isfinite(log_probs).all()
         if temperature < 1e-20:   # cold: the greedy captions
             assert [s[0] for s in samples] == generator.greedy(codes[:20])[0]
+
+
+class _ReportingNetwork(object):
+    """A numpy network on the inference interface that reports, per step, the word it was fed.
+
+    Its log-probabilities depend on the image and the fed word, so beam
+    search really reorders rows; its extras (``fed``: the word fed at this
+    step, ``gate``: a number in [0, 1]) let a test check that every caption
+    carries the extras of its own tokens, through beam reordering.
+    """
+
+    image_shape = (2,)
+
+    def __init__(self, vocab, seed=0):
+        from lasagne_caption.models.base import CaptionNetwork
+        self.vocab = vocab
+        self.check_images = lambda images: CaptionNetwork.check_images(self, images)
+        rng = np.random.RandomState(seed)
+        self.table = rng.randn(len(vocab), len(vocab)) * 2
+        self.image_weights = rng.randn(2, len(vocab))
+        self.table[:, vocab.end_ix] -= 1.0
+
+    def feed_image(self, images):
+        return [np.asarray(images, "float32"), np.zeros((len(images), 1), "float32")]
+
+    def inference_step(self, words, states):
+        images, steps = states
+        logits = self.table[words] + images @ self.image_weights + steps * 0.8 * (
+            np.arange(len(self.vocab)) == self.vocab.end_ix)
+        log_probs = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+        extras = {"fed": np.asarray(words, "float32"),
+                  "gate": 1 / (1 + np.exp(-logits[:, 0]))}
+        return log_probs.astype("float32"), [images, steps + 1], extras
+
+
+@pytest.mark.parametrize("method", ["greedy", "beam1", "beam3", "sample"])
+def test_every_decoder_carries_each_words_extras(method):
+    from lasagne_caption.vocab import Vocabulary
+    vocab = Vocabulary(["#UNK#", "#START#", "#END#", "a", "dog", "cat", "runs", "on", "grass", "the"])
+    gen = CaptionGenerator(_ReportingNetwork(vocab))
+    codes = np.random.RandomState(1).randn(5, 2).astype("float32")
+    if method == "sample":
+        captions, log_probs, extras = gen.sample(codes, n=2, seed=0, max_len=8, extras=True)
+        captions, extras = sum(captions, []), sum(extras, [])
+    elif method == "greedy":
+        captions, log_probs, extras = gen.greedy(codes, max_len=8, extras=True)
+    else:
+        captions, log_probs, extras = gen.beam_search(codes, beam=int(method[4:]), max_len=8,
+                                                      extras=True)
+    assert len(extras) == len(captions) == (10 if method == "sample" else 5)
+    for caption, notes in zip(captions, extras):
+        tokens = [vocab.index[w] for w in caption.split()]
+        ended = len(tokens) < 8     # #END# is a token too, unless max_len cut the caption
+        fed = [vocab.start_ix] + tokens[:len(tokens) - (0 if ended else 1)]
+        assert notes["fed"].tolist() == fed, caption
+        assert notes["gate"].shape == (len(fed),)
+        assert ((notes["gate"] >= 0) & (notes["gate"] <= 1)).all()
+    # without extras=True the decoders return what they always did
+    assert len(gen.greedy(codes, max_len=8)) == 2
+    assert len(gen.beam_search(codes, beam=2, max_len=8)) == 2
+
+
+def test_beam_width_one_equals_greedy_on_the_interface():
+    from lasagne_caption.vocab import Vocabulary
+    vocab = Vocabulary(["#UNK#", "#START#", "#END#", "a", "dog", "cat", "runs", "on", "grass", "the"])
+    gen = CaptionGenerator(_ReportingNetwork(vocab, seed=4))
+    codes = np.random.RandomState(2).randn(6, 2).astype("float32")
+    greedy = gen.greedy(codes, max_len=10, extras=True)
+    beam = gen.beam_search(codes, beam=1, max_len=10, extras=True)
+    assert greedy[0] == beam[0]
+    np.testing.assert_allclose(greedy[1], beam[1], rtol=1e-6)
+    for a, b in zip(greedy[2], beam[2]):
+        assert a["fed"].tolist() == b["fed"].tolist()

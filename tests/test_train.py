@@ -219,15 +219,15 @@ def test_bad_options_are_one_line_errors(tiny_dataset, tmp_path, option, value, 
 
 def test_a_nan_loss_stops_training_and_keeps_the_last_good_epoch(tiny_dataset, one_epoch,
                                                                  tmp_path, monkeypatch):
-    from lasagne_caption.model import CaptionModel
+    from lasagne_caption.models import SeminarModel
     from lasagne_caption.train import TrainingDiverged
     path = _copy_checkpoint(one_epoch, tmp_path)
-    real_step, calls = CaptionModel.train_step, []
+    real_step, calls = SeminarModel.train_step, []
 
     def step(self, *batch):   # epoch 2 trains, epoch 3 diverges at its second batch
         calls.append(1)
         return float("nan") if len(calls) == 5 else real_step(self, *batch)
-    monkeypatch.setattr(CaptionModel, "train_step", step)
+    monkeypatch.setattr(SeminarModel, "train_step", step)
     with pytest.raises(TrainingDiverged, match="became nan at epoch 3, batch 2.*keeps epoch 2"):
         _main(tiny_dataset, path, "--epochs", "5", "--save-every", "5")
     assert ckpt.load_metadata(str(path))["epoch"] == 2
@@ -257,7 +257,7 @@ def test_a_resume_refuses_options_that_contradict_the_checkpoint(tiny_dataset, o
 
 
 def test_a_resume_on_other_data_is_refused(tiny_dataset, one_epoch, tmp_path):
-    from conftest import write_tiny_dataset
+    from tests.conftest import write_tiny_dataset
     from lasagne_caption.errors import UserError
     other = write_tiny_dataset(tmp_path / "other", seed=1)
     path = _copy_checkpoint(one_epoch, tmp_path)

@@ -10,8 +10,10 @@ need cross-correlation, so the convolutions use
 :func:`~lasagne_caption.encoders.layers.conv2d_noflip`.
 
 Input: BGR, mean-subtracted (``'mean value'`` of the pickle, Caffe's
-``[104, 117, 123]`` if absent), ``(N, 3, 224, 224)`` float32. Codes:
-``logits`` = ``loss3/classifier`` (1000) and ``pool`` = ``pool5/7x7_s1`` (1024).
+``[104, 117, 123]`` if absent), ``(N, 3, 224, 224)`` float32. Feature taps
+(:data:`TAP_SHAPES`): ``logits`` = ``loss3/classifier`` (1000) and ``pool`` =
+``pool5/7x7_s1`` (1024); a new tap is one entry there plus its output in
+:func:`tap_outputs`.
 
 :func:`load_pickle` reads the pickle with a restricted unpickler that builds
 only numpy arrays and plain containers; anything else is refused.
@@ -22,12 +24,18 @@ import numpy as np
 
 from .. import safe_pickle
 from ..errors import UserError
+from .base import ImageEncoder
+from .model_files import MODEL_FILES, missing_model_message
 
-__all__ = ["build_model", "load_pickle", "set_weights", "GoogLeNetEncoder",
-           "INCEPTION_FILTERS", "expected_param_shapes", "MODEL_FILENAME", "MODEL_URL"]
+__all__ = ["build_model", "load_pickle", "set_weights", "tap_outputs", "GoogLeNetEncoder",
+           "INCEPTION_FILTERS", "expected_param_shapes", "MODEL_FILENAME", "MODEL_URL",
+           "TAP_SHAPES"]
 
-MODEL_FILENAME = "blvc_googlenet.pkl"
-MODEL_URL = "https://s3.amazonaws.com/lasagne/recipes/pretrained/imagenet/blvc_googlenet.pkl"
+MODEL_FILENAME = MODEL_FILES["googlenet"].file_name
+MODEL_URL = MODEL_FILES["googlenet"].url
+
+#: feature tap -> per-image shape, in the order of the compiled function's outputs
+TAP_SHAPES = {"logits": (1000,), "pool": (1024,)}
 CAFFE_MEAN_BGR = np.array([104.0, 117.0, 123.0], np.float32)
 
 # name, input channels, (pool_proj, 1x1, 3x3_reduce, 3x3, 5x5_reduce, 5x5)
@@ -130,7 +138,6 @@ def load_pickle(path):
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
-        from . import missing_model_message
         raise UserError(missing_model_message(path, "googlenet"))
     try:
         with open(path, "rb") as f:
@@ -163,21 +170,26 @@ def set_weights(net, param_values, path="model"):
         p.set_value(v.astype(p.dtype))
 
 
-_CACHE = {}
+def tap_outputs(net):
+    """Symbolic outputs of every tap of :data:`TAP_SHAPES` (same order), deterministic."""
+    import lasagne
+    logits, pool = lasagne.layers.get_output(
+        [net["loss3/classifier"], net["pool5/7x7_s1"]], deterministic=True)
+    return {"logits": logits, "pool": pool}
 
 
-class GoogLeNetEncoder(object):
+class GoogLeNetEncoder(ImageEncoder):
     """Encode photos with BVLC GoogLeNet (the seminar's image codes).
 
-    ``encode(images_or_paths, batch_size=16, progress=True)`` returns
-    ``{"logits": (N, 1000) loss3/classifier, "pool": (N, 1024) pool5}``.
-    Images: paths or uint8 RGB (N, 224, 224, 3); converted to BGR minus mean.
+    Taps: ``logits`` (N, 1000) ``loss3/classifier``, ``pool`` (N, 1024)
+    ``pool5/7x7_s1``; ``encode`` batches 16 images by default. Images: paths
+    or uint8 RGB (N, 224, 224, 3); converted to BGR minus mean.
     """
 
     name = "googlenet"
-    code_names = ("logits", "pool")
-    code_dims = {"logits": 1000, "pool": 1024}
+    tap_shapes = TAP_SHAPES
     input_size = (224, 224)
+    default_batch_size = 16
 
     def __init__(self, model_path=None, param_values=None, mean_value=None):
         """``model_path``: the pickle; or ``param_values`` directly (tests)."""
@@ -200,13 +212,12 @@ class GoogLeNetEncoder(object):
     def _forward(self):
         if self._fn is None:
             import theano
-            import lasagne
-            outs = lasagne.layers.get_output(
-                [self.net["loss3/classifier"], self.net["pool5/7x7_s1"]], deterministic=True)
+            outputs = tap_outputs(self.net)
             # Theano's full graph optimizer needs more than 4 minutes on this
             # 150-layer graph; the cheap one with the C VM takes about one
             self._fn = theano.function(
-                [self.net["input"].input_var], outs, name="googlenet_forward",
+                [self.net["input"].input_var], [outputs[t] for t in TAP_SHAPES],
+                name="googlenet_forward",
                 mode=theano.compile.mode.Mode(linker="cvm", optimizer="fast_compile"))
         return self._fn
 
@@ -215,10 +226,13 @@ class GoogLeNetEncoder(object):
         x = np.asarray(batch, np.float32)[..., ::-1] - self.mean_bgr
         return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
 
-    def forward(self, batch):
-        logits, pool = self._forward()(self.preprocess(batch))
-        return {"logits": np.asarray(logits, np.float32), "pool": np.asarray(pool, np.float32)}
+    def compile(self):
+        """Compile the Theano forward function now (about a minute); returns self."""
+        self._forward()
+        return self
 
-    def encode(self, images_or_paths, batch_size=16, progress=True):
-        from .preprocess import encode_in_batches
-        return encode_in_batches(self, images_or_paths, batch_size, progress)
+    def forward(self, batch, taps=None):
+        """Codes of one batch of uint8 RGB images ``(N, 224, 224, 3)``: ``{tap: array}``."""
+        taps = self.check_taps(taps)
+        outputs = dict(zip(TAP_SHAPES, self._forward()(self.preprocess(self.check_batch(batch)))))
+        return {t: np.asarray(outputs[t], np.float32) for t in taps}

@@ -32,12 +32,22 @@ def conv2d_noflip(input, filters, image_shape=None, filter_shape=None, **kwargs)
 
 
 def relu6(x):
-    """``min(max(x, 0), 6)``: MobileNet's clipped ReLU."""
+    """``min(max(x, 0), 6)``: MobileNet's clipped ReLU (a Theano expression).
+
+    >>> [float(relu6(x).eval()) for x in (-1.0, 2.5, 7.0)]
+    [0.0, 2.5, 6.0]
+    """
     return T.clip(x, 0, 6)
 
 
 def tf_same_padding(size, kernel, stride):
-    """(before, after) padding of TensorFlow ``SAME`` for one spatial axis."""
+    """(before, after) padding of TensorFlow ``SAME`` for one spatial axis.
+
+    >>> tf_same_padding(224, 3, 2)     # even input, stride 2: the extra row at the end
+    (0, 1)
+    >>> tf_same_padding(7, 3, 1)
+    (1, 1)
+    """
     out = (size + stride - 1) // stride
     total = max((out - 1) * stride + kernel - size, 0)
     return total // 2, total - total // 2

@@ -6,11 +6,15 @@ the TensorFlow scopes: ``Conv``, ``expanded_conv_3/expand``, ...,
 ``mobilenet_v2_1.0_224_quant.tflite``, dequantises its uint8/int8 weights
 and int32 biases to float32 and sets them; :class:`MobileNetV2Encoder`
 compiles one Theano forward function per process and maps batches of uint8
-RGB images to the two codes of the shared Flickr8k files:
+RGB images to its feature taps (:data:`TAP_SHAPES`), the two codes of the
+shared Flickr8k files:
 
 * ``logits`` -- 1001 pre-softmax ImageNet logits (``MobilenetV2/Logits/Squeeze1``,
   class 0 = background);
 * ``pool``   -- 1280 global-average-pooled features (``MobilenetV2/Logits/AvgPool``).
+
+A new tap is one entry in :data:`TAP_SHAPES` plus its output in
+:func:`tap_outputs`.
 
 Input: uint8 RGB, 224x224. The model's input quantisation
 (``real = 0.0078125 * (q - 128)``) is read from the file and applied by the
@@ -27,17 +31,20 @@ import threading
 import numpy as np
 
 from ..errors import UserError
+from .base import ImageEncoder
+from .model_files import MODEL_FILES, missing_model_message
 from .tflite import load_tflite, dequantize
 
-__all__ = ["build_model", "load_weights", "MobileNetV2Encoder", "BLOCKS",
-           "MODEL_FILENAME", "MODEL_URL", "INPUT_SIZE", "CODE_NAMES"]
+__all__ = ["build_model", "load_weights", "tap_outputs", "MobileNetV2Encoder", "BLOCKS",
+           "MODEL_FILENAME", "MODEL_URL", "INPUT_SIZE", "TAP_SHAPES"]
 
-MODEL_FILENAME = "mobilenet_v2_1.0_224_quant.tflite"
-MODEL_URL = ("https://github.com/google-coral/test_data/raw/master/"
-             "mobilenet_v2_1.0_224_quant.tflite")
+MODEL_FILENAME = MODEL_FILES["mobilenet_v2"].file_name
+MODEL_URL = MODEL_FILES["mobilenet_v2"].url
 INPUT_SIZE = 224
-CODE_NAMES = ("logits", "pool")
 NUM_CLASSES = 1001
+
+#: feature tap -> per-image shape, in the order of the compiled function's outputs
+TAP_SHAPES = {"logits": (NUM_CLASSES,), "pool": (1280,)}
 
 # (expansion t, output channels c, repeats n, first stride s) of MobileNetV2.
 BLOCKS = [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2),
@@ -201,12 +208,20 @@ def load_weights(net, params, input_quant, path="model"):
     norm.scale, norm.shift = input_quant
 
 
+def tap_outputs(net):
+    """Symbolic outputs of every tap of :data:`TAP_SHAPES` (same order), deterministic."""
+    import lasagne
+    logits, pool = lasagne.layers.get_output([net["logits"], net["pool"]],
+                                             deterministic=True)
+    return {"logits": logits, "pool": pool}
+
+
 _CACHE = {}
 _CACHE_LOCK = threading.Lock()
 
 
 def _compiled(path, fake_quant, depthwise_impl):
-    """(forward function, labels-free info), compiled once per process and key."""
+    """(forward function -> [one array per tap of TAP_SHAPES], net), once per process and key."""
     path = os.path.abspath(os.fspath(path))
     try:
         stamp = os.stat(path).st_mtime_ns
@@ -217,40 +232,37 @@ def _compiled(path, fake_quant, depthwise_impl):
         if key in _CACHE:
             return _CACHE[key]
         import theano
-        import lasagne
         params, out_quant, input_quant = read_tflite_weights(path)
         net = build_model(fake_quant=out_quant if fake_quant else None,
                           depthwise_impl=depthwise_impl)
         load_weights(net, params, input_quant, path)
-        logits, pool = lasagne.layers.get_output([net["logits"], net["pool"]],
-                                                 deterministic=True)
-        fn = theano.function([net["input"].input_var], [logits, pool],
+        outputs = tap_outputs(net)
+        fn = theano.function([net["input"].input_var], [outputs[t] for t in TAP_SHAPES],
                              name="mobilenet_v2_forward")
         _CACHE[key] = (fn, net)
         return _CACHE[key]
 
 
-class MobileNetV2Encoder(object):
+class MobileNetV2Encoder(ImageEncoder):
     """Encode photos with MobileNetV2 (weights from the int8 TFLite file).
 
-    ``encode(images_or_paths, batch_size=32, progress=True)`` returns
-    ``{"logits": float32 (N, 1001), "pool": float32 (N, 1280)}``; inputs are
-    file paths (loaded with :func:`~lasagne_caption.encoders.preprocess.load_image`)
-    or uint8 RGB arrays ``(N, 224, 224, 3)`` / a list of ``(224, 224, 3)``.
+    Taps: ``logits`` float32 (N, 1001), ``pool`` float32 (N, 1280). See
+    :class:`~lasagne_caption.encoders.base.ImageEncoder` for ``encode``
+    (paths or uint8 RGB arrays ``(N, 224, 224, 3)`` / a list of
+    ``(224, 224, 3)``) and ``forward``.
     """
 
     name = "mobilenet_v2"
-    code_names = CODE_NAMES
-    code_dims = {"logits": NUM_CLASSES, "pool": 1280}
+    tap_shapes = TAP_SHAPES
     input_size = (INPUT_SIZE, INPUT_SIZE)
+    default_batch_size = 32
 
     def __init__(self, model_path, fake_quant=True, depthwise_impl="groups"):
         self.model_path = os.fspath(model_path)
         self.fake_quant = bool(fake_quant)
         self.depthwise_impl = depthwise_impl
-        # Parse and validate now (clear error early); compile lazily.
+        # Check the file now (clear error early); parse and compile lazily.
         if not os.path.isfile(self.model_path):
-            from . import missing_model_message
             raise UserError(missing_model_message(self.model_path, self.name))
         self._fn = None
 
@@ -265,25 +277,13 @@ class MobileNetV2Encoder(object):
         self._forward()
         return self
 
-    def forward(self, batch):
-        """Codes of one batch of uint8 RGB images ``(N, 224, 224, 3)``."""
-        batch = np.asarray(batch)
-        if batch.ndim != 4 or batch.shape[1:] != (INPUT_SIZE, INPUT_SIZE, 3):
-            raise ValueError("expected uint8 images (N, 224, 224, 3), got %s"
-                             % (batch.shape,))
+    def forward(self, batch, taps=None):
+        """Codes of one batch of uint8 RGB images ``(N, 224, 224, 3)``: ``{tap: array}``."""
+        taps = self.check_taps(taps)
+        batch = self.check_batch(batch)
         x = np.ascontiguousarray(batch.transpose(0, 3, 1, 2), dtype=np.float32)
-        logits, pool = self._forward()(x)
-        return {"logits": np.asarray(logits, np.float32),
-                "pool": np.asarray(pool, np.float32)}
-
-    def encode(self, images_or_paths, batch_size=32, progress=True):
-        """Codes for images (uint8 arrays) or paths; see the class docstring.
-
-        Paths that are not readable images raise :class:`UserError`; use
-        :func:`lasagne_caption.encoders.encode_folder` to skip them instead.
-        """
-        from .preprocess import encode_in_batches
-        return encode_in_batches(self, images_or_paths, batch_size, progress)
+        outputs = dict(zip(TAP_SHAPES, self._forward()(x)))
+        return {t: np.asarray(outputs[t], np.float32) for t in taps}
 
 
 def read_labels(path):

@@ -21,7 +21,9 @@
   is decoded (a JPEG counts at the reduced size it is decoded at).
 
 A file that is not an image, or over the limit, raises :class:`UserError`
-naming it; :func:`load_images` skips such files with a warning and goes on.
+naming it; :meth:`~lasagne_caption.encoders.base.ImageEncoder.encode` with
+``skip_unreadable=True`` and :func:`~lasagne_caption.encoders.encode_folder`
+skip such files and go on.
 """
 import os
 import struct
@@ -31,7 +33,7 @@ import numpy as np
 
 from ..errors import UserError
 
-__all__ = ["load_image", "load_images", "to_rgb_uint8", "resize_image",
+__all__ = ["load_image", "to_rgb_uint8", "resize_image",
            "IMAGE_EXTENSIONS", "list_images", "MAX_PIXELS"]
 
 # the largest photo decoded (width x height after JPEG draft scaling): about
@@ -236,29 +238,6 @@ def load_image(path, size=(224, 224), keep_aspect=False, max_pixels=MAX_PIXELS):
     return resize_image(rgb, size, keep_aspect)
 
 
-def load_images(paths, size=(224, 224), keep_aspect=False, warn=True):
-    """Load many images, skipping unreadable ones with a warning.
-
-    Returns ``(images uint8 (N, H, W, 3), loaded_paths, failed)`` where
-    ``failed`` is a list of ``(path, message)``.
-    """
-    images, ok, failed = [], [], []
-    for p in paths:
-        try:
-            images.append(load_image(p, size, keep_aspect))
-            ok.append(p)
-        except UserError as exc:
-            failed.append((p, str(exc)))
-            if warn:
-                warnings.warn("skipping %s" % exc, stacklevel=2)
-    if images:
-        arr = np.stack(images)
-    else:
-        h, w = size if size is not None else (0, 0)
-        arr = np.zeros((0, h, w, 3), np.uint8)
-    return arr, ok, failed
-
-
 def list_images(folder, extensions=IMAGE_EXTENSIONS):
     """Sorted paths of files in ``folder`` whose extension looks like an image."""
     folder = os.fspath(folder)
@@ -268,29 +247,3 @@ def list_images(folder, extensions=IMAGE_EXTENSIONS):
                    if n.lower().endswith(tuple(extensions))
                    and os.path.isfile(os.path.join(folder, n)))
     return [os.path.join(folder, n) for n in names]
-
-
-def encode_in_batches(encoder, images_or_paths, batch_size=32, progress=True):
-    """Run ``encoder.forward`` over photos (paths or uint8 arrays) in batches.
-
-    ``encoder`` has ``forward(uint8 (N, H, W, 3)) -> {code name: (N, D)}``,
-    ``code_dims`` and ``input_size``. Returns ``{code name: float32 (N, D)}``.
-    Paths that are not readable images raise :class:`UserError`.
-    """
-    from tqdm import tqdm
-    items = images_or_paths
-    if isinstance(items, np.ndarray) and items.ndim == 3:
-        items = items[None]
-    n = len(items)
-    out = {k: np.zeros((n, d), np.float32) for k, d in encoder.code_dims.items()}
-    with tqdm(total=n, disable=not progress, desc="encoding", unit="img") as bar:
-        for start in range(0, n, batch_size):
-            chunk = items[start:start + batch_size]
-            images = [load_image(it, size=encoder.input_size)
-                      if isinstance(it, (str, bytes, os.PathLike)) else np.asarray(it, np.uint8)
-                      for it in chunk]
-            codes = encoder.forward(np.stack(images))
-            for k in out:
-                out[k][start:start + len(chunk)] = codes[k]
-            bar.update(len(chunk))
-    return out

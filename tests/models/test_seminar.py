@@ -14,9 +14,9 @@ from tests import reference
 from lasagne_caption.checkpoint import safe_load_arrays
 from lasagne_caption.errors import UserError
 from lasagne_caption.layers import BroadcastLayer, LSTMLayer, UnbroadcastLayer
-from lasagne_caption.model import (CaptionModel, NetworkConfig, build_network,
-                                   fast_masked_cross_entropy, masked_cross_entropy, param_shapes,
-                                   read_glove)
+from lasagne_caption.models import NetworkConfig, SeminarModel, build_network, param_shapes, read_glove
+from lasagne_caption.models.losses import masked_cross_entropy
+from lasagne_caption.models.seminar import fast_masked_cross_entropy  # noqa
 
 SENTENCES = np.array([[1, 5, 6, 7, 2, -1, -1],
                       [1, 8, 2, -1, -1, -1, -1],
@@ -177,7 +177,7 @@ def test_training_lowers_the_loss_on_a_fixed_batch(tiny_dataset):
     from lasagne_caption.data import load_dataset
     ds = load_dataset(tiny_dataset)
     vocab = ds.vocabulary(min_count=1)
-    model = CaptionModel(NetworkConfig(len(vocab), ds.code_size, embed_size=8, units=16),
+    model = SeminarModel(NetworkConfig(len(vocab), ds.code_size, embed_size=8, units=16),
                          vocab, learning_rate=0.01)
     codes, captions = ds.split("train")
     matrix = vocab.as_matrix([c[0] for c in captions[:10]])
@@ -229,7 +229,7 @@ def _twin_models(tiny_model, **options):
     models = []
     for _ in range(2):
         lasagne.random.set_rng(np.random.RandomState(3))
-        models.append(CaptionModel(config, tiny_model.vocab, learning_rate=0.01))
+        models.append(SeminarModel(config, tiny_model.vocab, learning_rate=0.01))
     return models
 
 
@@ -250,14 +250,14 @@ def test_unrolled_train_step_equals_the_scan_train_step(tiny_model, options):
 
 
 def test_unrolled_lengths_are_multiples_of_eight_up_to_the_limit():
-    from lasagne_caption.model import UNROLL_MAX, unrolled_length
+    from lasagne_caption.models.seminar import UNROLL_MAX, unrolled_length
     assert [unrolled_length(n) for n in (1, 8, 9, 16, 17)] == [8, 8, 16, 16, 24]
     assert unrolled_length(UNROLL_MAX) == UNROLL_MAX
     assert unrolled_length(UNROLL_MAX + 1) is None     # scan: any length, one compile
 
 
 def test_adam_equals_lasagne_adam():
-    from lasagne_caption.model import adam, adam_state
+    from lasagne_caption.models.updates import adam, adam_state
     rng = np.random.RandomState(0)
     initial = [rng.randn(3, 2).astype("float32"), rng.randn(2).astype("float32")]
     results = []

@@ -17,16 +17,15 @@ copied from instead.
 import http.client
 import os
 import pathlib
-import shutil
 import urllib.error
 import urllib.parse
 import urllib.request
-import zipfile
 
 from tqdm import tqdm
 
-from .errors import UserError
-from .files import file_digest, is_safe_archive_member
+from ..errors import UserError
+from ..files import file_digest
+from .archives import copy_stream, copy_to_file, extract
 
 BASE_URL = "https://github.com/jbrownlee/Datasets/releases/download/Flickr8k/"
 TEXT_ZIP, PHOTO_ZIP = "Flickr8k_text.zip", "Flickr8k_Dataset.zip"
@@ -36,6 +35,8 @@ TEXT_MD5 = {
     "Flickr_8k.testImages.txt": "80b71e57cb3e4187f4b8068489fbc74a",
     "Flickr_8k.trainImages.txt": "cfaa3c7cf0e98c3db5331ae3e084d0ad",
 }
+# what to do about a broken zip: it is ours, fetched again once deleted
+AGAIN = "; delete it and run again"
 
 
 def download(url, dest, timeout=60):
@@ -85,9 +86,7 @@ def download(url, dest, timeout=60):
             with open(part, "ab" if have else "wb") as f, tqdm(
                     total=total, initial=have, unit="B", unit_scale=True,
                     desc=dest.name, disable=None) as bar:
-                for chunk in iter(lambda: response.read(1 << 20), b""):
-                    f.write(chunk)
-                    bar.update(len(chunk))
+                copy_stream(response, f, bar)
         except (OSError, http.client.HTTPException) as exc:
             raise UserError("%s: download interrupted (%s); run again to resume" % (url, exc))
     if total is not None and part.stat().st_size != total:
@@ -121,40 +120,12 @@ def _copy_local(source, dest, part):
         raise UserError("%s: no such file (the --base-url folder must hold %s and %s)"
                         % (source, TEXT_ZIP, PHOTO_ZIP))
     try:
-        shutil.copyfile(source, part)
+        with open(source, "rb") as f:
+            copy_to_file(f, part, source.stat().st_size, dest.name)
     except OSError as exc:
         raise UserError("%s: cannot copy to %s (%s)" % (source, part, exc.strerror or exc))
     part.rename(dest)
     return dest
-
-
-def _extract(archive, keep, target_dir, desc):
-    """Stream the members whose base name passes ``keep`` into ``target_dir``.
-
-    Member paths are never used as output paths (only base names), and an
-    archive with absolute or ``..`` names is refused outright.
-    """
-    target_dir.mkdir(parents=True, exist_ok=True)
-    written = []
-    try:
-        with zipfile.ZipFile(archive) as zf:
-            infos = zf.infolist()
-            bad = [i.filename for i in infos if not is_safe_archive_member(i.filename)]
-            if bad:
-                raise UserError("%s: refused, unsafe member path %r" % (archive, bad[0]))
-            infos = [i for i in infos if not i.is_dir() and "__MACOSX" not in i.filename
-                     and keep(os.path.basename(i.filename))]
-            for info in tqdm(infos, desc=desc, unit="file", disable=None, leave=False):
-                target = target_dir / os.path.basename(info.filename)
-                tmp = target.with_name(target.name + ".part")
-                with zf.open(info) as src, open(tmp, "wb") as out:
-                    for chunk in iter(lambda: src.read(1 << 20), b""):
-                        out.write(chunk)
-                tmp.replace(target)
-                written.append(target)
-    except (zipfile.BadZipFile, EOFError) as exc:
-        raise UserError("%s: truncated or not a zip (%s); delete it and run again" % (archive, exc))
-    return written
 
 
 def fetch_flickr8k(dest, base_url=BASE_URL):
@@ -188,15 +159,15 @@ def fetch_flickr8k(dest, base_url=BASE_URL):
     zips = {name: download(str(local / name) if local is not None
                            else base_url.rstrip("/") + "/" + name, dest / name)
             for name in (TEXT_ZIP, PHOTO_ZIP)}
-    texts = _extract(zips[TEXT_ZIP], lambda n: n.endswith(".txt"), source, "text")
+    extract(zips[TEXT_ZIP], "zip", source, lambda n: n.endswith(".txt"), "text",
+            required=tuple(TEXT_MD5), advice=AGAIN)
     for name, expected in TEXT_MD5.items():
         path = source / name
-        if path not in texts:
-            raise UserError("%s: no %s in the archive" % (zips[TEXT_ZIP], name))
         actual = file_digest(path, "md5")
         if actual != expected:
             path.unlink()
             raise UserError("%s: md5 mismatch for %s (expected %s, got %s); delete the zip and run again"
                             % (zips[TEXT_ZIP], name, expected, actual))
-    _extract(zips[PHOTO_ZIP], lambda n: n.lower().endswith(".jpg"), source / "images", "photos")
+    extract(zips[PHOTO_ZIP], "zip", source / "images", lambda n: n.lower().endswith(".jpg"),
+            "photos", advice=AGAIN)
     return source

@@ -1,19 +1,24 @@
 """Speed benchmark: the toolkit's compiled train step against a PyTorch peer.
 
-    python -m lasagne_caption.bench [--shapes coco,flickr8k] [--steps 20] [--rounds 3] [--warmup 3]
+Run from the repository (or give this file's path from any directory)::
+
+    python benchmarks/bench.py [--shapes coco,flickr8k] [--steps 20] [--rounds 3] [--warmup 3]
         [--threads N] [--no-cold-compile] [--generation] [--encoding] [--out FILE.md] [--json FILE]
+
+(``python -m benchmarks.bench`` from the repository root does the same;
+``--help`` lists every option.)
 
 For every shape it runs, one after the other, each in its own subprocess
 (so peak memory is that implementation's own ``ru_maxrss`` and nothing is
 shared):
 
-* **theano**: builds ``CaptionModel`` (seeded weights), writes the weights and
+* **theano**: builds ``SeminarModel`` (seeded weights), writes the weights and
   the batches to a temporary folder, computes the loss with dropout off
   (``val_step``), compiles the train steps the batches need (one per
   unrolled length; compile time with the persistent cache) and times them;
   it also counts the step's matrix-product FLOPs and measures the BLAS
   speed, for the floor column;
-* **torch**: :mod:`lasagne_caption.torch_peer` with the same weights and
+* **torch**: :mod:`benchmarks.torch_peer` with the same weights and
   batches: the same loss with dropout off, then the same Adam train step;
 * **theano-cold** (unless ``--no-cold-compile``): the same compiles with an
   empty ``base_compiledir``, i.e. what a first run on a new machine pays.
@@ -36,8 +41,10 @@ then measures the contention, not the code.
 
 torch is optional (``pip install -e .[bench]``): without it the toolkit is
 still timed and the table says so. ``--generation`` times greedy and beam-3
-caption generation on 1000 images, ``--encoding`` the image encoder in
-images/s (when its model file is found).
+caption generation on 1000 images
+(:func:`benchmarks.generation_speed.time_step_generation`), ``--encoding``
+the image encoder in images/s (:func:`benchmarks.encode_throughput.time_encoding`,
+when its model file is found).
 """
 import argparse
 import json
@@ -48,6 +55,13 @@ import subprocess
 import sys
 import tempfile
 import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+if __name__ == "__main__" and ROOT not in sys.path:
+    # run as a script (also the workers): the repository root makes
+    # ``benchmarks`` and ``lasagne_caption`` importable from any directory
+    sys.path.insert(0, ROOT)
 
 SHAPES = ("coco", "flickr8k")
 COCO = dict(batch=50, steps=16, n_tokens=10373, code_size=1000, min_len=8)
@@ -94,7 +108,7 @@ def synthetic_batches(n, batch, steps, n_tokens, code_size, min_len=8, seed=0):
 def flickr8k_batches(path, n, batch, seed=0):
     """``generate_batch`` batches of the train split, and the vocabulary size."""
     import numpy as np
-    from .data import generate_batch, load_dataset
+    from lasagne_caption.data import generate_batch, load_dataset
     ds = load_dataset(path)
     vocab = ds.vocabulary()
     codes, captions = ds.split("train")
@@ -179,8 +193,8 @@ def worker_theano(spec):
     import numpy as np
     import lasagne
     import theano
-    from .model import CaptionModel, NetworkConfig
-    from .vocab import Vocabulary
+    from lasagne_caption.models import NetworkConfig, SeminarModel
+    from lasagne_caption.vocab import Vocabulary
     rss_start = _rss_mib()
     n_batches = spec["warmup"] + spec["steps"]
     if spec["shape"] == "coco":
@@ -192,7 +206,7 @@ def worker_theano(spec):
         batches, vocab = flickr8k_batches(spec["data"], n_batches, spec["batch"], seed=spec["seed"])
     lasagne.random.set_rng(np.random.RandomState(spec["seed"]))
     config = NetworkConfig(len(vocab), batches[0][0].shape[1])
-    model = CaptionModel(config, vocab, learning_rate=1e-3)
+    model = SeminarModel(config, vocab, learning_rate=1e-3)
     if spec.get("exchange"):
         np.savez(os.path.join(spec["exchange"], "params.npz"),
                  *model.get_param_values())
@@ -243,7 +257,7 @@ def worker_theano(spec):
 def worker_torch(spec):
     import numpy as np
     import torch
-    from .torch_peer import TorchCaptionNet, TorchTrainer
+    from benchmarks.torch_peer import TorchCaptionNet, TorchTrainer
     rss_start = _rss_mib()
     torch.manual_seed(spec["seed"])
     if os.environ.get("OMP_NUM_THREADS"):
@@ -254,7 +268,7 @@ def worker_torch(spec):
     n_tokens, code_size = values[-1].shape[0], values[1].shape[0]
     units = values[-2].shape[0]              # output.W is (units, n_tokens)
     net = TorchCaptionNet(n_tokens, code_size, values[0].shape[1], units,
-                          dropout=0.5, grad_clipping=10.0)   # the seminar network's (model.NetworkConfig)
+                          dropout=0.5, grad_clipping=10.0)   # the seminar network's (models.NetworkConfig)
     net.set_param_values(values)
     trainer = TorchTrainer(net, learning_rate=1e-3)
     loss0 = trainer.val_step(*batches[0])
@@ -268,47 +282,38 @@ def worker_torch(spec):
 def worker_generation(spec):
     """Greedy and beam-3 generation on ``spec['images']`` codes (random or the data's)."""
     import numpy as np
-    from . import generate
     import lasagne
-    from .model import CaptionModel, NetworkConfig
-    from .vocab import Vocabulary
+    from lasagne_caption.generate import CaptionGenerator
+    from lasagne_caption.models import NetworkConfig, SeminarModel
+    from lasagne_caption.vocab import Vocabulary
+    from benchmarks.generation_speed import time_step_generation
     rng = np.random.RandomState(spec["seed"])
     if spec["shape"] == "coco":
         vocab = Vocabulary(["#UNK#", "#START#", "#END#"]
                            + ["w%d" % i for i in range(COCO["n_tokens"] - 3)])
         codes = rng.randn(spec["images"], COCO["code_size"]).astype("float32")
     else:
-        from .data import load_dataset
+        from lasagne_caption.data import load_dataset
         ds = load_dataset(spec["data"])
         vocab = ds.vocabulary()
         codes = ds.codes[rng.randint(0, len(ds.codes), spec["images"])]
     lasagne.random.set_rng(np.random.RandomState(spec["seed"]))
-    model = CaptionModel(NetworkConfig(len(vocab), codes.shape[1]), vocab)
-    t0 = time.perf_counter()
-    gen = generate.CaptionGenerator(model)
-    result = dict(impl="generation", shape=spec["shape"], images=len(codes),
-                  compile_s=time.perf_counter() - t0)
-    gen.greedy(codes[:8])
-    gen.beam_search(codes[:8], beam=3)           # warm-up
-    for name, fn in (("greedy", lambda: gen.greedy(codes)),
-                     ("beam3", lambda: gen.beam_search(codes, beam=3))):
-        t0 = time.perf_counter()
-        fn()
-        result[name + "_s"] = time.perf_counter() - t0
-    result["peak_rss_mib"] = _rss_mib()
-    return result
+    model = SeminarModel(NetworkConfig(len(vocab), codes.shape[1]), vocab)
+    timed = time_step_generation(CaptionGenerator(model), codes, warmup=8)
+    return dict(impl="generation", shape=spec["shape"], images=len(codes),
+                compile_s=timed["compile_s"], greedy_s=timed["greedy"][1],
+                beam3_s=timed["beam3"][1], peak_rss_mib=_rss_mib())
 
 
 def _encoder_model(spec):
     if spec.get("encoder_model"):
         return spec["encoder_model"]
-    from .encoders import default_model_path
+    from lasagne_caption.encoders import default_model_path
+    from benchmarks.encode_throughput import SHARED
     path = default_model_path("mobilenet_v2")
     if os.path.isfile(path):
         return path
-    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    shared = os.environ.get("LASAGNE_CAPTION_SHARED", os.path.join(os.path.dirname(here), "shared"))
-    folder = os.path.join(shared, "models", "mobilenet_v2")
+    folder = os.path.join(SHARED, "models", "mobilenet_v2")
     if os.path.isdir(folder):
         for name in sorted(os.listdir(folder)):
             if name.endswith(".tflite"):
@@ -318,22 +323,19 @@ def _encoder_model(spec):
 
 def worker_encoding(spec):
     import numpy as np
-    from . import encoders
-    from .errors import UserError
+    from lasagne_caption import encoders
+    from lasagne_caption.errors import UserError
+    from benchmarks.encode_throughput import time_encoding
     try:
         enc = encoders.get_encoder("mobilenet_v2", model_path=_encoder_model(spec))
     except UserError as exc:
         return dict(impl="encoding", skipped=str(exc))
     rng = np.random.RandomState(spec["seed"])
     images = rng.randint(0, 256, (spec["encode_images"], 224, 224, 3)).astype("uint8")
-    t0 = time.perf_counter()
-    enc.encode(images[:2], progress=False)                  # compile + warm-up
-    compile_s = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    enc.encode(images, progress=False)
-    dt = time.perf_counter() - t0
+    timed = time_encoding(enc, images)
     return dict(impl="encoding", encoder="mobilenet_v2", images=len(images),
-                compile_s=compile_s, images_per_s=len(images) / dt, peak_rss_mib=_rss_mib())
+                compile_s=timed["compile_s"], images_per_s=timed["images_per_s"],
+                peak_rss_mib=_rss_mib())
 
 
 WORKERS = {"theano": worker_theano, "torch": worker_torch,
@@ -348,7 +350,8 @@ def run_worker(kind, spec, env=None, timeout=3600):
     with os.fdopen(fd, "w") as f:
         json.dump(spec, f)
     out_path = spec_path + ".out"
-    cmd = [sys.executable, "-m", "lasagne_caption.bench", "--worker", kind, spec_path, out_path]
+    # this file by its path: the workers start from any directory (see ROOT above)
+    cmd = [sys.executable, os.path.abspath(__file__), "--worker", kind, spec_path, out_path]
     try:
         proc = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                               timeout=timeout, text=True)
@@ -536,9 +539,9 @@ def markdown(rows, encoding=None, torch_note=None):
 
 def parser():
     p = argparse.ArgumentParser(
-        prog="python -m lasagne_caption.bench",
+        prog="python benchmarks/bench.py",
         description="Time the toolkit's compiled Theano train step against the same network "
-                    "in PyTorch (lasagne_caption.torch_peer), side by side, each in its own "
+                    "in PyTorch (benchmarks/torch_peer.py), side by side, each in its own "
                     "subprocess; prints a markdown table.")
     p.add_argument("--shapes", default="coco,flickr8k",
                    help="comma-separated: coco (synthetic seminar COCO shapes: batch 50, 16 "

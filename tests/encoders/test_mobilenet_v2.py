@@ -1,4 +1,7 @@
-"""MobileNetV2 in Lasagne vs the shared codes made by the reference TFLite runtime."""
+"""MobileNetV2 in Lasagne vs the shared codes made by the reference TFLite runtime.
+
+Fixtures ``mobilenet`` and ``mobilenet_dir``: tests/encoders/conftest.py.
+"""
 import os
 
 import numpy as np
@@ -10,17 +13,6 @@ from lasagne_caption.encoders.mobilenet_v2 import read_labels
 from lasagne_caption.encoders.preprocess import load_image
 
 N_FLICKR = int(os.environ.get("LASAGNE_CAPTION_TEST_PHOTOS", "24"))
-
-
-@pytest.fixture(scope="session")
-def mobilenet_dir(shared_dir):
-    return shared_dir / "models" / "mobilenet_v2"
-
-
-@pytest.fixture(scope="session")
-def mobilenet(mobilenet_dir):
-    """The encoder with its Theano forward function compiled once per session."""
-    return get_encoder("mobilenet_v2", mobilenet_dir / "mobilenet_v2_1.0_224_quant.tflite").compile()
 
 
 def _corr(a, b):

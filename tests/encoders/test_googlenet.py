@@ -110,3 +110,23 @@ def test_wrong_shapes(tmp_path, random_params):
         pickle.dump({"param values": random_params[:-2]}, f)
     with pytest.raises(UserError, match="114 parameter arrays, GoogLeNet needs 116"):
         get_encoder("googlenet", path)
+
+
+@pytest.fixture(scope="module")
+def googlenet(random_params):
+    """GoogLeNet with random weights (no file), compiled once for this module."""
+    return G.GoogLeNetEncoder(param_values=random_params).compile()
+
+
+def test_taps_through_the_loop(googlenet, random_params):
+    assert googlenet.taps == ("logits", "pool")
+    assert googlenet.tap_shapes == {"logits": (1000,), "pool": (1024,)}
+    assert googlenet.default_batch_size == 16
+    img = np.random.RandomState(2).randint(0, 256, (3, 224, 224, 3)).astype(np.uint8)
+    codes = googlenet.encode(img, batch_size=2, progress=False)
+    assert {t: a.shape for t, a in codes.items()} == {"logits": (3, 1000), "pool": (3, 1024)}
+    assert codes.kept == [0, 1, 2]
+    pool = googlenet.forward(img, taps="pool")
+    assert list(pool) == ["pool"]
+    scale = float(np.abs(pool["pool"]).max())
+    np.testing.assert_allclose(codes["pool"], pool["pool"], rtol=0, atol=1e-5 * scale)

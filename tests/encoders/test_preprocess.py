@@ -1,4 +1,10 @@
-"""lasagne_caption.encoders.preprocess: any photo -> uint8 RGB 224x224."""
+"""lasagne_caption.encoders.preprocess: any photo -> uint8 RGB 224x224.
+
+Skipping unreadable photos in a batch (once ``preprocess.load_images``) is
+the encoders' one loop now: it is tested through ``encode_folder`` with the
+fake ``pixel_encoder`` (tests/encoders/conftest.py), whose ``pixels`` tap is
+the loaded image itself.
+"""
 import warnings
 
 import numpy as np
@@ -6,7 +12,8 @@ import pytest
 from PIL import Image
 
 from lasagne_caption.errors import UserError
-from lasagne_caption.encoders.preprocess import load_image, load_images, list_images
+from lasagne_caption.encoders import encode_folder
+from lasagne_caption.encoders.preprocess import load_image, list_images
 
 
 def _gradient(h=60, w=90):
@@ -58,14 +65,15 @@ def test_not_an_image(tmp_path):
         load_image(tmp_path / "missing.png")
 
 
-def test_batch_skips_bad_file(tmp_path):
+def test_batch_skips_bad_file(tmp_path, pixel_encoder):
     Image.fromarray(_gradient()).save(tmp_path / "1.png")
     (tmp_path / "2.jpg").write_bytes(b"\x00\x01garbage")
     Image.fromarray(_gradient()).save(tmp_path / "3.jpg")
     paths = list_images(tmp_path)
     with warnings.catch_warnings(record=True) as w:
         warnings.simplefilter("always")
-        imgs, ok, failed = load_images(paths)
+        imgs, ok, failed = encode_folder(paths, encoder=pixel_encoder, features="pixels",
+                                         progress=False)
     assert imgs.shape == (2, 224, 224, 3)
     assert [p.split("/")[-1] for p in ok] == ["1.png", "3.jpg"]
     assert len(failed) == 1 and "2.jpg" in failed[0][1]
@@ -176,12 +184,13 @@ def test_large_photos_load_in_bounded_memory(big_photos, name, limit_mib):
     assert peak - before < limit_mib, (name, before, peak)
 
 
-def test_a_batch_goes_on_after_a_photo_over_the_limit(big_photos, tmp_path):
+def test_a_batch_goes_on_after_a_photo_over_the_limit(big_photos, tmp_path, pixel_encoder):
     Image.fromarray(_gradient()).save(tmp_path / "small.png")
     with warnings.catch_warnings(record=True) as w:
         warnings.simplefilter("always")
-        imgs, ok, failed = load_images([str(big_photos["png12000"]), str(tmp_path / "small.png")])
-    assert imgs.shape == (1, 224, 224, 3) and ok == [str(tmp_path / "small.png")]
+        imgs, ok, failed = encode_folder([str(big_photos["png12000"]), str(tmp_path / "small.png")],
+                                         encoder=pixel_encoder, features="pixels", progress=False)
+    assert imgs.shape == (1, 224, 224, 3) and ok == ["small.png"]      # basenames
     assert len(failed) == 1 and "12000x12000 pixels" in failed[0][1]
     assert any("huge.png" in str(x.message) for x in w)
     # the limit can be raised (or lifted with None) by the caller

@@ -1,8 +1,12 @@
-"""The captioning network of :mod:`lasagne_caption.model` re-written in PyTorch (CPU).
+"""The seminar network of :mod:`lasagne_caption.models` re-written in PyTorch (CPU).
 
-Only for the speed benchmark (:mod:`lasagne_caption.bench`) and its tests:
+Only for the speed benchmark and its tests (tests/benchmarks/test_bench.py):
 torch is an optional extra (``pip install -e .[bench]``), never a toolkit
-dependency. The math is the toolkit's, step for step:
+dependency. Not a command: ``python benchmarks/bench.py`` runs it (its
+``torch`` worker, one subprocess per round), and from the repository root
+``from benchmarks.torch_peer import TorchCaptionNet, TorchTrainer`` imports it.
+The math is the toolkit's (:class:`lasagne_caption.models.SeminarModel`),
+step for step:
 
 * ``EmbeddingLayer`` lookup (a padding index -1 reads the last row, as
   Theano's indexing does; padded steps are masked anyway);
@@ -14,7 +18,7 @@ dependency. The math is the toolkit's, step for step:
   ``sigmoid(o + c_t * w_co)``; Lasagne 0.1's ``sigmoid(o) + c_t * w_co``
   with ``variant="lasagne-0.1"``), and padded steps keeping the previous
   cell and hidden state;
-* ``fast_masked_cross_entropy``: next-word softmax cross-entropy, mean over
+* ``models.seminar.fast_masked_cross_entropy``: next-word softmax cross-entropy, mean over
   the real (non-padding) targets, the output layer applied only there;
 * Lasagne 0.1's Adam (``epsilon`` added to ``sqrt(v_t)``, the bias correction
   folded into the step size), so parameters match after every step.
@@ -132,7 +136,7 @@ class TorchCaptionNet(torch.nn.Module):
 
     @classmethod
     def from_theano(cls, model, dropout=None):
-        """A peer of a :class:`lasagne_caption.model.CaptionModel` with its current weights."""
+        """A peer of a :class:`lasagne_caption.models.SeminarModel` with its current weights."""
         c = model.config
         if c.cell != "lstm" or c.image_inject != "cell_init":
             raise ValueError("the PyTorch peer implements the default network only "
@@ -230,7 +234,7 @@ class LasagneAdam(object):
 
 
 class TorchTrainer(object):
-    """``train_step(codes, sentences) -> loss``: one Adam step, as ``CaptionModel.train_step``."""
+    """``train_step(codes, sentences) -> loss``: one Adam step, as ``SeminarModel.train_step``."""
 
     def __init__(self, net, learning_rate=1e-3):
         self.net = net

@@ -1,28 +1,33 @@
 """The speed benchmark: its PyTorch peer computes what the toolkit computes.
 
 No timing is asserted. The peer tests need torch (the optional ``bench``
-extra) and are skipped without it.
+extra) and are skipped without it. Run from the repository root (``benchmarks``
+is imported from there).
 """
+import os
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 
-from lasagne_caption import bench
+import lasagne_caption  # noqa: F401  (compat layer before theano)
+from benchmarks import bench
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 N_TOKENS, CODE_SIZE, EMBED, UNITS = 23, 7, 6, 5
 
 
 def _model(grad_clipping=5.0, seed=0):
     import lasagne
-    from lasagne_caption.model import CaptionModel, NetworkConfig
+    from lasagne_caption.models import NetworkConfig, SeminarModel
     from lasagne_caption.vocab import Vocabulary
     vocab = Vocabulary(["#UNK#", "#START#", "#END#"] + ["w%d" % i for i in range(N_TOKENS - 3)])
     lasagne.random.set_rng(np.random.RandomState(seed))
     config = NetworkConfig(N_TOKENS, CODE_SIZE, embed_size=EMBED, units=UNITS, dropout=0.0,
                            grad_clipping=grad_clipping)
-    return CaptionModel(config, vocab, learning_rate=0.01)
+    return SeminarModel(config, vocab, learning_rate=0.01)
 
 
 def _batch(seed=1):
@@ -40,7 +45,7 @@ def _batch(seed=1):
 def models():
     """Two tiny networks (clipping inactive / clipping active) and their peers."""
     pytest.importorskip("torch")
-    from lasagne_caption.torch_peer import TorchCaptionNet, TorchTrainer
+    from benchmarks.torch_peer import TorchCaptionNet, TorchTrainer
     out = {}
     for name, clip in (("plain", 5.0), ("clipped", 0.01)):
         model = _model(grad_clipping=clip)
@@ -50,7 +55,7 @@ def models():
 
 
 def test_peer_parameter_order_matches_the_toolkit(models):
-    from lasagne_caption.torch_peer import param_names
+    from benchmarks.torch_peer import param_names
     model, peer = models["plain"]
     assert [p.name for p in model.params] == param_names()
     for a, b in zip(model.get_param_values(), peer.net.get_param_values()):
@@ -76,8 +81,8 @@ def test_peer_gradients_match_theano():
     """Gradients of the loss, with gate-gradient clipping active, against theano.grad."""
     pytest.importorskip("torch")
     import theano
-    from lasagne_caption.model import fast_masked_cross_entropy
-    from lasagne_caption.torch_peer import TorchCaptionNet
+    from lasagne_caption.models.seminar import fast_masked_cross_entropy
+    from benchmarks.torch_peer import TorchCaptionNet
     model = _model(grad_clipping=0.01, seed=3)
     net = model.net
     loss = fast_masked_cross_entropy(net, deterministic=True)
@@ -95,7 +100,7 @@ def test_peer_gradients_match_theano():
 
 def test_grad_clip_clips_only_the_gradient():
     torch = pytest.importorskip("torch")
-    from lasagne_caption.torch_peer import grad_clip
+    from benchmarks.torch_peer import grad_clip
     x = torch.tensor([1.0, -2.0, 3.0], requires_grad=True)
     y = grad_clip(x, 0.5)
     assert torch.equal(y, x.detach())
@@ -124,11 +129,18 @@ def test_markdown_table_without_torch():
     assert "PyTorch is not installed" in table
 
 
-def test_bench_help():
-    proc = subprocess.run([sys.executable, "-m", "lasagne_caption.bench", "--help"],
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=120)
+def _help(script, tmp_path):
+    """``python benchmarks/SCRIPT --help``, run from a directory outside the repository."""
+    return subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", script), "--help"],
+                          cwd=str(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True, timeout=120)
+
+
+def test_bench_help(tmp_path):
+    proc = _help("bench.py", tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "--generation" in proc.stdout and "--json" in proc.stdout
+    assert "python benchmarks/bench.py" in proc.stdout
 
 
 def test_train_step_flops_counts_the_products_by_hand():
