@@ -32,7 +32,7 @@ train: setup data
 
 # the tests also check the PyTorch peer of the benchmark: the bench extra (CPU torch)
 $(VENV)/.bench-installed: $(VENV)/.installed
-	$(PY) -m pip install --quiet -e ".[test,bench]"
+	$(PY) -m pip install --quiet -e ".[test,bench,dask]"
 	touch $@
 
 # PyPI Lasagne 0.1's own tests (lasagne/tests of its sdist, downloaded once into

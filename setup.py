@@ -33,5 +33,6 @@ setup(
         "test": ["pytest", "hypothesis", "nbclient", "nbformat", "ipykernel", "mock>=5"],
         # the PyTorch peer for the speed benchmark only; 2.13.0 is the CPU build
         "bench": ["torch==2.13.0", "setuptools<81"],
+        "dask": ["dask==2026.8.0", "distributed==2026.8.0"],  # encoders.distributed; tested pair
     },
 )

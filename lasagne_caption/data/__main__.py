@@ -16,7 +16,7 @@ from ..errors import UserError, run_cli
 from .dataset import load_dataset
 from .download import BASE_URL, fetch_flickr8k
 from .output import DatasetOutput
-from .prepare import FLICKR_FEATURES, prepare_coco, prepare_flickr8k, prepare_seminar
+from .prepare import FLICKR_FEATURES, GRID_FEATURES, prepare_coco, prepare_flickr8k, prepare_seminar
 from .readers import DataWarning
 
 
@@ -30,7 +30,8 @@ def _parser():
                                   description="Make a dataset folder (default data/<source>) from a source.")
     kinds = prepare.add_subparsers(dest="kind", required=True, metavar="SOURCE")
     helps = {"flickr8k": ("Flickr8k with its official split (dev -> val)",
-                          "Flickr8k folder: Flickr8k.token.txt, Flickr_8k.*Images.txt, codes/"),
+                          "Flickr8k folder: Flickr8k.token.txt, Flickr_8k.*Images.txt, codes/ "
+                          "or images/"),
              "coco": ("MS-COCO captions with precomputed codes, seeded 90/5/5 split",
                       "captions JSON (images, annotations)"),
              "seminar": ("the seminar archive, seeded 90/5/5 split",
@@ -43,8 +44,12 @@ def _parser():
                          help="replace an existing dataset folder that this command made "
                               "(other folders are never replaced)")
         if kind == "flickr8k":
-            sub.add_argument("--features", choices=sorted(FLICKR_FEATURES), default="logits",
-                             help="which precomputed MobileNetV2 codes to use (default: logits)")
+            sub.add_argument("--features", choices=sorted(FLICKR_FEATURES) + list(GRID_FEATURES),
+                             default="logits",
+                             help="which MobileNetV2 codes: logits or pool (precomputed in "
+                                  "codes/, else encoded from images/), or grid (the 7x7x1280 "
+                                  "Conv_1 map per photo, encoded from images/ and stored as "
+                                  "uint8, 62,720 bytes a photo) (default: logits)")
             sub.add_argument("--model", help="MobileNetV2 .tflite file, to encode photos when "
                                              "the source has no codes/")
         if kind == "coco":
@@ -87,8 +92,14 @@ def _run(args):
         if args.min_count < 1:
             raise UserError("--min-count must be at least 1, not %d" % args.min_count)
         ds = load_dataset(args.path)
-        print("%s: %d images, %d captions, code size %d, source %s"
-              % (ds.path, len(ds.codes), sum(map(len, ds.captions)), ds.code_size,
+        if len(ds.image_shape) == 1:
+            size = "code size %d" % ds.code_size
+        else:
+            size = "codes %s per image (%s on disk)" % (
+                "x".join(map(str, ds.meta.get("grid_shape") or ds.image_shape)),
+                ds.meta.get("code_dtype", "float32"))
+        print("%s: %d images, %d captions, %s, source %s"
+              % (ds.path, len(ds.codes), sum(map(len, ds.captions)), size,
                  ds.meta.get("source", "unknown")))
         for name, ix in ds.splits.items():
             print("  %-5s %6d images %7d captions" % (name, len(ix), sum(len(ds.captions[i]) for i in ix)))

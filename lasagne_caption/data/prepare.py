@@ -4,7 +4,8 @@
   ``Flickr_8k.{train,dev,test}Images.txt`` and precomputed codes in
   ``codes/`` (MobileNetV2 logits or pooled features), or photos in
   ``images/`` that :func:`encode_images` encodes; the official split, with
-  ``dev`` called ``val``;
+  ``dev`` called ``val``. ``features="grid"`` encodes the photos into
+  MobileNetV2's 7x7x1280 map, stored as uint8 (:func:`prepare_grid`);
 * MS-COCO (:func:`prepare_coco`): a captions JSON, with codes given by the
   user; :func:`~lasagne_caption.data.dataset.default_splits`;
 * the seminar (:func:`prepare_seminar`): ``image_codes.npy`` +
@@ -24,13 +25,17 @@ import numpy as np
 
 from ..errors import UserError
 from .archives import copy_to_file, extract
-from .dataset import CAPTIONS, CODES, NAMES, SPLITS, default_splits, load_dataset, write_dataset
+from .dataset import (CAPTIONS, CODES, NAMES, SPLITS, QuantizedCodesWriter, default_splits,
+                      load_dataset, write_dataset)
 from .output import DatasetOutput
 from .readers import _warn, read_codes, read_coco, read_flickr8k_captions, read_lines
 
 FLICKR_SPLITS = {"train": "Flickr_8k.trainImages.txt", "val": "Flickr_8k.devImages.txt",
                  "test": "Flickr_8k.testImages.txt"}
 FLICKR_FEATURES = {"logits": "mobilenet_v2_logits.npy", "pool": "mobilenet_v2_pool.npy"}
+# spatial MobileNetV2 taps, encoded from the photos and stored as uint8 -> the tensor they are
+GRID_FEATURES = ("grid",)
+GRID_TENSORS = {"grid": "Conv_1", "block16": "expanded_conv_16/project"}
 
 
 def encode_images(paths, features="logits", model_path=None):
@@ -81,7 +86,8 @@ def _save(output, codes, captions, names, splits, source, features, where):
     return pathlib.Path(output.given)
 
 
-def prepare_flickr8k(source, out_dir, features="logits", force=False, model_path=None):
+def prepare_flickr8k(source, out_dir, features="logits", force=False, model_path=None,
+                     batch_size=32):
     """Make a dataset from a Flickr8k folder with the official split (dev -> val).
 
     Images without codes (in ``codes/``) or without captions are dropped with
@@ -90,17 +96,26 @@ def prepare_flickr8k(source, out_dir, features="logits", force=False, model_path
     names an image found neither in the captions nor in the codes, or a
     train or val split left without images, is an error.
 
+    ``features="grid"``: MobileNetV2's 7x7x1280 ``Conv_1`` map of every
+    captioned photo in ``images/`` (there are no precomputed grids), encoded
+    ``batch_size`` photos at a time and stored as uint8 [N, 49, 1280] with the
+    model's own scale and zero point of that tensor (:func:`prepare_grid`).
+
     Returns
     -------
     pathlib.Path
         ``out_dir``.
     """
     source = pathlib.Path(source)
-    if features not in FLICKR_FEATURES:
-        raise UserError("unknown features %r (valid: %s)" % (features, ", ".join(FLICKR_FEATURES)))
+    if features not in FLICKR_FEATURES and features not in GRID_FEATURES:
+        raise UserError("unknown features %r (valid: %s)"
+                        % (features, ", ".join(list(FLICKR_FEATURES) + list(GRID_FEATURES))))
     with DatasetOutput(out_dir, force, [source, model_path]) as output:
         captions = read_flickr8k_captions(source / "Flickr8k.token.txt")
         split_lines = {s: read_lines(source / f) for s, f in FLICKR_SPLITS.items()}
+        if features in GRID_FEATURES:
+            return prepare_grid(output, source, captions, split_lines, features, model_path,
+                                batch_size)
         if (source / "codes").is_dir():
             code_names = [line for _, line in read_lines(source / "codes" / NAMES)]
             codes = read_codes(source / "codes" / FLICKR_FEATURES[features])
@@ -115,27 +130,111 @@ def prepare_flickr8k(source, out_dir, features="logits", force=False, model_path
         row_of = {n: i for i, n in enumerate(code_names)}
         if len(row_of) != len(code_names):
             raise UserError("%s: repeated image names" % (source / "codes" / NAMES))
-        names = [n for n in code_names if n in captions]
-        if not names:
-            raise UserError("%s: no caption ids match the codes' image names" % (source / "Flickr8k.token.txt"))
-        dropped = sorted(set(captions) - set(names)) + sorted(set(code_names) - set(captions))
-        if dropped:
-            _warn("%s: dropped %d images that lack codes or captions (%s)"
-                  % (source, len(dropped), ", ".join(dropped[:3])))
-        for split, lines in split_lines.items():
-            for n, name in lines:
-                if name not in captions and name not in row_of:
-                    raise UserError("%s:%d: image %s is in neither Flickr8k.token.txt nor the codes"
-                                    % (source / FLICKR_SPLITS[split], n, name))
-        new_row = {n: i for i, n in enumerate(names)}
-        splits = {s: np.array(sorted({new_row[name] for _, name in split_lines[s] if name in new_row}),
-                              dtype="int64") for s in SPLITS}
-        if len(set().union(*map(set, splits.values()))) != sum(map(len, splits.values())):
-            raise UserError("%s: the train/dev/test image lists overlap" % source)
+        names, splits = _flickr8k_rows(source, captions, split_lines, code_names,
+                                       "codes", "the codes")
         return _save(output, codes[[row_of[n] for n in names]],
                      [captions[n] for n in names], names, splits,
                      "flickr8k", "mobilenet_v2_" + features,
                      "%s (its Flickr_8k.*Images.txt lists)" % source)
+
+
+def _flickr8k_rows(source, captions, split_lines, code_names, lack, where):
+    """``(names, splits)``: the images with codes and captions, in code order, and the
+    official splits as row indices. Images without either are dropped with a warning;
+    a split list naming an image in neither is an error."""
+    names = [n for n in code_names if n in captions]
+    if not names:
+        raise UserError("%s: no caption ids match the %s' image names"
+                        % (source / "Flickr8k.token.txt", lack))
+    known = set(code_names)
+    dropped = sorted(set(captions) - set(names)) + sorted(known - set(captions))
+    if dropped:
+        _warn("%s: dropped %d images that lack %s or captions (%s)"
+              % (source, len(dropped), lack, ", ".join(dropped[:3])))
+    for split, lines in split_lines.items():
+        for n, name in lines:
+            if name not in captions and name not in known:
+                raise UserError("%s:%d: image %s is in neither Flickr8k.token.txt nor %s"
+                                % (source / FLICKR_SPLITS[split], n, name, where))
+    new_row = {n: i for i, n in enumerate(names)}
+    splits = {s: np.array(sorted({new_row[name] for _, name in split_lines[s] if name in new_row}),
+                          dtype="int64") for s in SPLITS}
+    if len(set().union(*map(set, splits.values()))) != sum(map(len, splits.values())):
+        raise UserError("%s: the train/dev/test image lists overlap" % source)
+    return names, splits
+
+
+def grid_quantization(model_path, tap="grid"):
+    """``(scale, zero_point)`` of the uint8 tensor behind a MobileNetV2 spatial tap, from the
+    ``.tflite`` file: ``grid`` is ``Conv_1``'s output, ``block16`` that of
+    ``expanded_conv_16/project``."""
+    from ..encoders.mobilenet_v2 import read_tflite_weights
+    scope = GRID_TENSORS[tap]
+    _params, out_quant, _input = read_tflite_weights(model_path)
+    if scope not in out_quant:
+        raise UserError("%s: the output of %s is not quantised; cannot store %s codes as uint8"
+                        % (model_path, scope, tap))
+    return out_quant[scope]
+
+
+def prepare_grid(output, source, captions, split_lines, tap="grid", model_path=None,
+                 batch_size=32, progress=True):
+    """Encode the captioned photos of ``source/images`` into uint8 grid codes (Flickr8k).
+
+    The splits are checked before anything is encoded. Photos go through
+    MobileNetV2 ``batch_size`` at a time; each batch's float32 map is
+    quantised with the model's scale / zero point of that tensor
+    (:func:`grid_quantization`) and written into ``image_codes.npy`` of the
+    staging folder, a :class:`~lasagne_caption.data.dataset.QuantizedCodesWriter`,
+    so memory stays bounded. Unreadable photos are skipped with a warning.
+    """
+    images = source / "images"
+    if not images.is_dir():
+        raise UserError("%s: no images/ folder; %s features are encoded from the photos "
+                        "(there are no precomputed ones)" % (source, tap))
+    photo_names = sorted(p.name for p in images.glob("*.jpg"))
+    names, splits = _flickr8k_rows(source, captions, split_lines, photo_names,
+                                   "photos", "images/")
+    where = "%s (its Flickr_8k.*Images.txt lists)" % source
+    _check_splits(splits, where)
+    try:
+        from ..encoders import get_encoder
+    except ImportError:
+        raise UserError("%d photos need codes, but there is no image encoder yet" % len(names))
+    from tqdm import tqdm
+    encoder = get_encoder("mobilenet_v2", model_path)
+    scale, zero_point = grid_quantization(encoder.model_path, tap)
+    shape = tuple(encoder.tap_shapes[tap])
+    paths = [os.fspath(images / n) for n in names]
+    kept = []
+    with output.staging() as tmp:
+        writer = QuantizedCodesWriter(tmp / CODES, len(paths), (shape[0] * shape[1], shape[2]),
+                                      scale, zero_point, grid_shape=shape)
+        try:
+            with tqdm(total=len(paths), disable=not progress, desc="encoding photos",
+                      unit="img") as bar:
+                for start in range(0, len(paths), batch_size):
+                    chunk = paths[start:start + batch_size]
+                    result = encoder.encode(chunk, taps=tap, batch_size=batch_size,
+                                            progress=False, skip_unreadable=True)
+                    for _, path, message in result.failed:
+                        _warn("skipping %s" % message)
+                    writer.append(result[tap])
+                    kept.extend(start + i for i in result.kept)
+                    bar.update(len(chunk))
+        finally:
+            writer.close()
+        if len(kept) < len(names):
+            if not kept:
+                raise UserError("%s: none of the photos could be read" % images)
+            old_names, names = names, [names[i] for i in kept]
+            new_row = {n: i for i, n in enumerate(names)}
+            splits = {s: np.array([new_row[old_names[i]] for i in ix if old_names[i] in new_row],
+                                  dtype="int64") for s, ix in splits.items()}
+            _check_splits(splits, where)
+        write_dataset(tmp, range(len(names)), [captions[n] for n in names], names,
+                      splits, "flickr8k", "mobilenet_v2_" + tap, codes_meta=writer.meta())
+    return pathlib.Path(output.given)
 
 
 def prepare_coco(json_path, out_dir, codes=None, names=None, force=False):

@@ -3,8 +3,8 @@
 Public API::
 
     enc = get_encoder("mobilenet_v2", model_path=None)   # or "googlenet"
-    enc.taps                        # ("logits", "pool")
-    enc.tap_shapes                  # {"logits": (1001,), "pool": (1280,)}
+    enc.taps                        # ("logits", "pool", "grid", "block16")
+    enc.tap_shapes                  # {"logits": (1001,), "pool": (1280,), "grid": (7, 7, 1280), ...}
     codes = enc.encode(paths_or_uint8_images, taps=None, batch_size=None,
                        progress=True, skip_unreadable=False, keep_aspect=False)
     codes["logits"]                 # float32 (N, 1001); codes["pool"] (N, 1280)

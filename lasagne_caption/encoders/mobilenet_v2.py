@@ -6,12 +6,17 @@ the TensorFlow scopes: ``Conv``, ``expanded_conv_3/expand``, ...,
 ``mobilenet_v2_1.0_224_quant.tflite``, dequantises its uint8/int8 weights
 and int32 biases to float32 and sets them; :class:`MobileNetV2Encoder`
 compiles one Theano forward function per process and maps batches of uint8
-RGB images to its feature taps (:data:`TAP_SHAPES`), the two codes of the
-shared Flickr8k files:
+RGB images to its feature taps (:data:`TAP_SHAPES`; the first two are the
+codes of the shared Flickr8k files):
 
 * ``logits`` -- 1001 pre-softmax ImageNet logits (``MobilenetV2/Logits/Squeeze1``,
   class 0 = background);
-* ``pool``   -- 1280 global-average-pooled features (``MobilenetV2/Logits/AvgPool``).
+* ``pool``   -- 1280 global-average-pooled features (``MobilenetV2/Logits/AvgPool``);
+* ``grid``   -- the 7x7x1280 map of ``Conv_1`` (after ReLU6; NHWC, the TFLite
+  tensor layout), the region features an attention decoder reads (``pool`` is
+  its mean over the 49 positions, then quantised);
+* ``block16`` -- the 7x7x320 output of the last inverted-residual block
+  (``expanded_conv_16/project``, the input of ``Conv_1``).
 
 A new tap is one entry in :data:`TAP_SHAPES` plus its output in
 :func:`tap_outputs`.
@@ -42,9 +47,14 @@ MODEL_FILENAME = MODEL_FILES["mobilenet_v2"].file_name
 MODEL_URL = MODEL_FILES["mobilenet_v2"].url
 INPUT_SIZE = 224
 NUM_CLASSES = 1001
+#: ``conv_impl`` values of :func:`build_model` (the first is the default)
+CONV_IMPLS = ("gemm", "corrmm")
+#: ``depthwise_impl`` values (``layers.DEPTHWISE_IMPLS``, named here without importing Theano)
+DEPTHWISE_IMPLS = ("fused", "groups", "shift")
 
 #: feature tap -> per-image shape, in the order of the compiled function's outputs
-TAP_SHAPES = {"logits": (NUM_CLASSES,), "pool": (1280,)}
+TAP_SHAPES = {"logits": (NUM_CLASSES,), "pool": (1280,), "grid": (7, 7, 1280),
+              "block16": (7, 7, 320)}
 
 # (expansion t, output channels c, repeats n, first stride s) of MobileNetV2.
 BLOCKS = [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2),
@@ -64,8 +74,18 @@ def _block_names():
     return out
 
 
-def build_model(fake_quant=None, depthwise_impl="groups", input_var=None):
+def build_model(fake_quant=None, depthwise_impl="fused", input_var=None, conv_impl="gemm"):
     """The MobileNetV2 1.0/224 graph as a dict of Lasagne layers.
+
+    ``depthwise_impl`` (``"fused"``, ``"groups"``, ``"shift"``: see
+    :class:`~lasagne_caption.encoders.layers.DepthwiseConv2DLayer`) and
+    ``conv_impl`` (``"gemm"``: :class:`~lasagne_caption.encoders.layers.GemmConv2DLayer`,
+    NHWC; ``"corrmm"``: Lasagne's ``Conv2DLayer``, Theano's ``CorrMM``) choose
+    how the depthwise and the other convolutions run. The defaults are the fast
+    path (NHWC arrays under NCHW views, see :mod:`~lasagne_caption.encoders.layers`);
+    ``depthwise_impl="groups", conv_impl="corrmm"`` is the reference (the
+    toolkit's network before version 0.3, plain NCHW). Same layers, names,
+    parameters and output shapes either way.
 
     ``fake_quant``: None (float math with ReLU6) or a dict ``scope -> (scale,
     zero_point)`` of output quantisation (from :func:`quant_params`); then a
@@ -76,10 +96,13 @@ def build_model(fake_quant=None, depthwise_impl="groups", input_var=None):
     Outputs: ``net["logits"]`` (N, 1001) and ``net["pool"]`` (N, 1280).
     """
     import lasagne
-    from lasagne.layers import (InputLayer, Conv2DLayer, ElemwiseSumLayer,
-                                GlobalPoolLayer, DenseLayer)
+    from lasagne.layers import InputLayer, Conv2DLayer, DenseLayer
     from .layers import (ScaleShiftLayer, TFSamePadLayer, DepthwiseConv2DLayer,
-                         FakeQuantLayer, conv2d_noflip, relu6)
+                         FakeQuantLayer, GemmConv2DLayer, ElemwiseSumLayer, GlobalPoolLayer,
+                         conv2d_noflip, relu6)
+    if conv_impl not in CONV_IMPLS:
+        raise ValueError("conv_impl must be one of %s, not %r" % (", ".join(CONV_IMPLS),
+                                                                  conv_impl))
     identity = lasagne.nonlinearities.identity
     net = {}
 
@@ -93,16 +116,22 @@ def build_model(fake_quant=None, depthwise_impl="groups", input_var=None):
         net[scope + "/quant"] = FakeQuantLayer(layer, s, z, name=scope + "/quant")
         return net[scope + "/quant"]
 
+    def conv(layer, channels, size, stride, act, name):
+        if conv_impl == "gemm":
+            return GemmConv2DLayer(layer, channels, size, stride=stride, nonlinearity=act,
+                                   name=name)
+        return Conv2DLayer(layer, channels, size, stride=stride, pad=0, nonlinearity=act,
+                           convolution=conv2d_noflip, name=name)
+
     def conv1x1(layer, scope, channels, act):
-        return quant(Conv2DLayer(layer, channels, 1, pad=0, nonlinearity=act,
-                                 convolution=conv2d_noflip, name=scope), scope)
+        return quant(conv(layer, channels, 1, 1, act, scope), scope)
 
     net["input"] = InputLayer((None, 3, INPUT_SIZE, INPUT_SIZE), input_var=input_var,
                               name="input")
-    net["input_norm"] = ScaleShiftLayer(net["input"], 1.0 / 128, 128.0, name="input_norm")
+    net["input_norm"] = ScaleShiftLayer(net["input"], 1.0 / 128, 128.0, name="input_norm",
+                                        nhwc=conv_impl == "gemm")
     x = TFSamePadLayer(net["input_norm"], 3, 2, name="Conv/pad")
-    x = quant(Conv2DLayer(x, 32, 3, stride=2, pad=0, nonlinearity=relu6,
-                          convolution=conv2d_noflip, name="Conv"), "Conv")
+    x = quant(conv(x, 32, 3, 2, relu6, "Conv"), "Conv")
     for scope, t, in_ch, out_ch, stride, residual in _block_names():
         inp = x
         if t != 1:
@@ -209,32 +238,43 @@ def load_weights(net, params, input_quant, path="model"):
 
 
 def tap_outputs(net):
-    """Symbolic outputs of every tap of :data:`TAP_SHAPES` (same order), deterministic."""
+    """Symbolic outputs of every tap of :data:`TAP_SHAPES` (same order), deterministic.
+
+    ``grid`` and ``block16`` are the outputs of ``Conv_1`` (after ReLU6) and of
+    ``expanded_conv_16/project`` (Conv_1's input), after their fake
+    quantisation when the net has it, in NHWC order as in the TFLite tensors.
+    """
     import lasagne
-    logits, pool = lasagne.layers.get_output([net["logits"], net["pool"]],
-                                             deterministic=True)
-    return {"logits": logits, "pool": pool}
+
+    def quantised(scope):
+        return net.get(scope + "/quant", net[scope])
+
+    logits, pool, grid, block16 = lasagne.layers.get_output(
+        [net["logits"], net["pool"], quantised("Conv_1"), quantised("expanded_conv_16/project")],
+        deterministic=True)
+    return {"logits": logits, "pool": pool, "grid": grid.dimshuffle(0, 2, 3, 1),
+            "block16": block16.dimshuffle(0, 2, 3, 1)}
 
 
 _CACHE = {}
 _CACHE_LOCK = threading.Lock()
 
 
-def _compiled(path, fake_quant, depthwise_impl):
+def _compiled(path, fake_quant, depthwise_impl, conv_impl="gemm"):
     """(forward function -> [one array per tap of TAP_SHAPES], net), once per process and key."""
     path = os.path.abspath(os.fspath(path))
     try:
         stamp = os.stat(path).st_mtime_ns
     except OSError:
         stamp = None
-    key = (path, stamp, bool(fake_quant), depthwise_impl)
+    key = (path, stamp, bool(fake_quant), depthwise_impl, conv_impl)
     with _CACHE_LOCK:
         if key in _CACHE:
             return _CACHE[key]
         import theano
         params, out_quant, input_quant = read_tflite_weights(path)
         net = build_model(fake_quant=out_quant if fake_quant else None,
-                          depthwise_impl=depthwise_impl)
+                          depthwise_impl=depthwise_impl, conv_impl=conv_impl)
         load_weights(net, params, input_quant, path)
         outputs = tap_outputs(net)
         fn = theano.function([net["input"].input_var], [outputs[t] for t in TAP_SHAPES],
@@ -246,10 +286,15 @@ def _compiled(path, fake_quant, depthwise_impl):
 class MobileNetV2Encoder(ImageEncoder):
     """Encode photos with MobileNetV2 (weights from the int8 TFLite file).
 
-    Taps: ``logits`` float32 (N, 1001), ``pool`` float32 (N, 1280). See
+    Taps: ``logits`` float32 (N, 1001), ``pool`` float32 (N, 1280), ``grid``
+    float32 (N, 7, 7, 1280), ``block16`` float32 (N, 7, 7, 320). See
     :class:`~lasagne_caption.encoders.base.ImageEncoder` for ``encode``
     (paths or uint8 RGB arrays ``(N, 224, 224, 3)`` / a list of
     ``(224, 224, 3)``) and ``forward``.
+
+    ``depthwise_impl`` and ``conv_impl``: see :func:`build_model` (the
+    defaults are the fast path; ``depthwise_impl="groups", conv_impl="corrmm"``
+    the reference).
     """
 
     name = "mobilenet_v2"
@@ -257,10 +302,14 @@ class MobileNetV2Encoder(ImageEncoder):
     input_size = (INPUT_SIZE, INPUT_SIZE)
     default_batch_size = 32
 
-    def __init__(self, model_path, fake_quant=True, depthwise_impl="groups"):
+    def __init__(self, model_path, fake_quant=True, depthwise_impl="fused", conv_impl="gemm"):
+        if depthwise_impl not in DEPTHWISE_IMPLS or conv_impl not in CONV_IMPLS:
+            raise ValueError("depthwise_impl must be one of %s and conv_impl one of %s, not "
+                             "%r, %r" % (DEPTHWISE_IMPLS, CONV_IMPLS, depthwise_impl, conv_impl))
         self.model_path = os.fspath(model_path)
         self.fake_quant = bool(fake_quant)
         self.depthwise_impl = depthwise_impl
+        self.conv_impl = conv_impl
         # Check the file now (clear error early); parse and compile lazily.
         if not os.path.isfile(self.model_path):
             raise UserError(missing_model_message(self.model_path, self.name))
@@ -269,7 +318,7 @@ class MobileNetV2Encoder(ImageEncoder):
     def _forward(self):
         if self._fn is None:
             self._fn, self.net = _compiled(self.model_path, self.fake_quant,
-                                           self.depthwise_impl)
+                                           self.depthwise_impl, self.conv_impl)
         return self._fn
 
     def compile(self):
@@ -281,7 +330,8 @@ class MobileNetV2Encoder(ImageEncoder):
         """Codes of one batch of uint8 RGB images ``(N, 224, 224, 3)``: ``{tap: array}``."""
         taps = self.check_taps(taps)
         batch = self.check_batch(batch)
-        x = np.ascontiguousarray(batch.transpose(0, 3, 1, 2), dtype=np.float32)
+        # NCHW view of NHWC float32: the fast path's layout, no transposing copy
+        x = np.asarray(batch, dtype=np.float32).transpose(0, 3, 1, 2)
         outputs = dict(zip(TAP_SHAPES, self._forward()(x)))
         return {t: np.asarray(outputs[t], np.float32) for t in taps}
 

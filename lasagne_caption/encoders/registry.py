@@ -48,7 +48,8 @@ def get_encoder(name="mobilenet_v2", model_path=None, **kwargs):
     """The encoder ``name`` (an :class:`~lasagne_caption.encoders.base.ImageEncoder`).
 
     ``name``: ``"mobilenet_v2"`` (int8 TFLite weights; kwargs ``fake_quant=True``,
-    ``depthwise_impl="groups"``) or ``"googlenet"`` (BVLC GoogLeNet pickle of the
+    ``depthwise_impl="fused"``, ``conv_impl="gemm"``: the C ops; ``"groups"``,
+    ``"corrmm"``: Theano's, the reference) or ``"googlenet"`` (BVLC GoogLeNet pickle of the
     Lasagne Recipes). ``model_path`` defaults to :func:`default_model_path`.
 
     Raises :class:`UserError` (one line) for an unknown name or a missing

@@ -82,3 +82,29 @@ def make_zip(path, members):
         for name, body in members.items():
             zf.writestr(name, body)
     return path.read_bytes()
+
+
+def flickr_photo_folder(root, flickr8k_dir, n_train=24, n_dev=8, n_test=8, broken=False):
+    """A Flickr8k-form folder with real photos in images/ and no codes/: the first
+    photos of each official split list, their captions and split lists restricted to
+    them; ``broken=True`` adds ``broken.jpg`` (not a JPEG) with captions, in train."""
+    import shutil
+    chosen = {}
+    for split, n in (("train", n_train), ("dev", n_dev), ("test", n_test)):
+        lines = (flickr8k_dir / ("Flickr_8k.%sImages.txt" % split)).read_text().split()
+        chosen[split] = [name for name in lines if (flickr8k_dir / "images" / name).exists()][:n]
+    (root / "images").mkdir(parents=True)
+    for names in chosen.values():
+        for name in names:
+            shutil.copy(flickr8k_dir / "images" / name, root / "images" / name)
+    every = {name for names in chosen.values() for name in names}
+    token_lines = [line for line in (flickr8k_dir / "Flickr8k.token.txt").read_text().splitlines()
+                   if line.split("#")[0] in every]
+    if broken:
+        (root / "images" / "broken.jpg").write_bytes(b"not a jpeg")
+        token_lines += ["broken.jpg#0\tA broken photo .", "broken.jpg#1\tNothing to see ."]
+        chosen["train"] = chosen["train"] + ["broken.jpg"]
+    (root / "Flickr8k.token.txt").write_text("\n".join(token_lines) + "\n")
+    for split, names in chosen.items():
+        (root / ("Flickr_8k.%sImages.txt" % split)).write_text("\n".join(names) + "\n")
+    return root

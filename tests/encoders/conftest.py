@@ -23,6 +23,13 @@ def mobilenet(mobilenet_path):
 
 
 @pytest.fixture(scope="session")
+def mobilenet_reference(mobilenet_path):
+    """The encoder's reference implementation (grouped conv2d and CorrMM on NCHW), compiled once."""
+    return get_encoder("mobilenet_v2", mobilenet_path, depthwise_impl="groups",
+                       conv_impl="corrmm").compile()
+
+
+@pytest.fixture(scope="session")
 def sample_paths(shared_dir):
     """The photos of shared/data/samples (BMP and JPEG, not 224x224), sorted."""
     paths = sorted(str(p) for p in (shared_dir / "data" / "samples").iterdir())

@@ -149,8 +149,9 @@ def test_progress_bar(pixel_encoder, tmp_path, capsys):
 # ---- the real MobileNetV2
 
 def test_mobilenet_taps(mobilenet):
-    assert mobilenet.taps == ("logits", "pool")
-    assert mobilenet.tap_shapes == {"logits": (1001,), "pool": (1280,)}
+    assert mobilenet.taps == ("logits", "pool", "grid", "block16")
+    assert mobilenet.tap_shapes == {"logits": (1001,), "pool": (1280,), "grid": (7, 7, 1280),
+                                    "block16": (7, 7, 320)}
     assert mobilenet.input_size == (224, 224)
     codes = mobilenet.forward(np.zeros((2, 224, 224, 3), np.uint8))
     assert {t: a.shape[1:] for t, a in codes.items()} == mobilenet.tap_shapes
