@@ -116,6 +116,8 @@ def test_cli_missing_checkpoint_is_one_line(tmp_path, capsys):
     (["--sample", "--seed", "-5"], "--seed must be a whole number of at least 0"),
     (["-n", "3"], "-n 3 needs --sample"),
     (["--temperature", "0.5"], "--temperature needs --sample"),
+    (["--length-normalization", "-1"], "--length-normalization must be a finite number >= 0"),
+    (["--greedy", "--length-normalization", "0.7"], "needs beam search, not --greedy"),
 ])
 def test_cli_options_are_checked_before_anything_is_loaded(tmp_path, capsys, options, message):
     # the checkpoint does not exist: the option error must come first
@@ -133,3 +135,22 @@ def test_api_options_are_checked(captioner):
                             ({"greedy": True, "n": 2}, "-n 2 needs --sample")):
         with pytest.raises(UserError, match=message):
             captioner.caption(codes, **kwargs)
+
+
+def test_cli_length_normalization_is_the_generators(demo_checkpoint, tflite, photos, captioner,
+                                                    capsys):
+    """--length-normalization reaches beam search: the CLI prints what the generator ranks first."""
+    codes, _ = captioner.encode(photos)
+    rankings = []
+    for alpha in (0.0, 0.7, 3.0):
+        expected, _ = captioner.generator.beam_search(codes, beam=5, length_normalization=alpha)
+        rankings.append(expected)
+        assert captioner.caption(photos, beam=5, length_normalization=alpha) == expected
+        assert caption.main(photos + ["--checkpoint", str(demo_checkpoint), "--model", tflite,
+                                      "--beam", "5", "--length-normalization", str(alpha)]) == 0
+        printed = [line.split(": ", 1)[1] for line in capsys.readouterr().out.splitlines()]
+        assert printed == expected
+    # the option changes the captions here, so an ignored option would fail above
+    assert rankings[0] != rankings[-1]
+    with pytest.raises(UserError, match="needs beam search"):
+        captioner.caption(photos, sample=True, length_normalization=0.7)
