@@ -40,8 +40,8 @@ def encoder_record(metadata, code_size):
     """``(encoder name, tap)`` that made a checkpoint's training codes.
 
     From the metadata's ``"encoder"`` (format 3), or its data's features
-    (formats 1 and 2); a bare seminar file (no metadata) by its code size.
-    None if nothing says.
+    (formats 1 and 2); otherwise (a bare seminar file) guessed from the code
+    size. None if no encoder makes codes of that size.
     """
     from .checkpoint import encoder_of
     record = (metadata or {}).get("encoder")
@@ -50,9 +50,7 @@ def encoder_record(metadata, code_size):
     if isinstance(record, dict) and isinstance(record.get("name"), str) \
             and isinstance(record.get("tap"), str):
         return record["name"], record["tap"]
-    if not metadata:
-        return ENCODER_FOR_CODE_SIZE.get(code_size)
-    return None
+    return ENCODER_FOR_CODE_SIZE.get(code_size)
 
 
 def load_encoder(record, code_size, model_path=None):
@@ -86,8 +84,8 @@ class Captioner(object):
         The encoder's weights file (e.g. ``mobilenet_v2_1.0_224_quant.tflite``);
         None looks in the encoders' default location.
     encoder : (name, tap), optional
-        The encoder and feature tap the model was trained on (see
-        :func:`encoder_record`); by default guessed from the code size.
+        The encoder and feature tap the model was trained on; by default
+        :func:`encoder_record` guesses them from the code size.
     """
 
     def __init__(self, model, encoder_model=None, encoder=None):
@@ -96,7 +94,7 @@ class Captioner(object):
         self.vocab = model.vocab
         self.generator = CaptionGenerator(model)
         self.encoder_model = encoder_model
-        self.encoder_name = encoder or ENCODER_FOR_CODE_SIZE.get(model.image_shape[-1])
+        self.encoder_name = encoder or encoder_record(None, model.image_shape[-1])
         self._encoder = None
 
     @classmethod
