@@ -10,7 +10,12 @@
   ten elementwise ops per time step each way. Both variants of the output
   gate: Lasagne master's (the seminar's) and Lasagne 0.1's.
 
-Both evaluate exp with a polynomial gcc vectorises (glibc's ``expf`` is a
+* :class:`AttentionScores`: soft attention's ``sum_a w_a tanh(P + s)``
+  over regions, with its gradient :class:`AttentionScoresGrad`: Theano's
+  elementwise tanh is a scalar libm call per element and its gradient
+  computes tanh again, which was most of an attention train step.
+
+All evaluate exp with a polynomial gcc vectorises (glibc's ``expf`` is a
 scalar call); measured with ``python benchmarks/bench.py``, see README.
 """
 import numpy as np
@@ -182,7 +187,8 @@ static int lc_output(PyArrayObject** out, int nd, npy_intp* dims) {
     /* reuse the previous call's output when it fits, as Theano's own ops do */
     if (*out && PyArray_NDIM(*out) == nd && PyArray_ISCARRAY(*out)
             && PyArray_TYPE(*out) == NPY_FLOAT32
-            && PyArray_DIMS(*out)[0] == dims[0] && (nd == 1 || PyArray_DIMS(*out)[1] == dims[1]))
+            && PyArray_DIMS(*out)[0] == dims[0] && (nd == 1 || PyArray_DIMS(*out)[1] == dims[1])
+            && (nd < 3 || PyArray_DIMS(*out)[2] == dims[2]))
         return 0;
     Py_XDECREF(*out);
     *out = (PyArrayObject*)PyArray_EMPTY(nd, dims, NPY_FLOAT32, 0);
@@ -203,7 +209,7 @@ class _Float32COp(COp):
         return _FAST_MATH_C
 
     def c_code_cache_version(self):
-        return (4,)
+        return (5,)
 
     def _check_float32(self, node, skip=()):
         """Raise MethodNotDefined unless every input (but ``skip``'s) and output is float32."""
@@ -540,3 +546,177 @@ class LSTMCellGrad(_Float32COp):
         for (int k = 0; k < 7; ++k) Py_DECREF(in[k]);
         }
         """ % dict(locals(), fail=fail, master=int(self.variant == MASTER))
+
+
+class AttentionScores(_Float32COp):
+    """Soft attention's scores ``e[n, l] = sum_a w[a] tanh(P[n, l, a] + s[n, a])``.
+
+    ``P`` (N, L, A) are the projected regions, ``s`` (N, A) the projected
+    state, ``w`` (A,) the scoring vector (Xu et al.'s ``U_att``).
+
+    Examples
+    --------
+    >>> import theano
+    >>> P, s, w = T.tensor3(), T.matrix(), T.vector()
+    >>> f = theano.function([P, s, w], AttentionScores()(P, s, w))
+    >>> x = np.full((1, 2, 3), 0.5, "float32")
+    >>> np.allclose(f(x, np.zeros((1, 3), "float32"), np.ones(3, "float32")), 3 * np.tanh(0.5))
+    True
+    """
+    __props__ = ()
+
+    def make_node(self, P, s, w):
+        P, s, w = map(T.as_tensor_variable, (P, s, w))
+        return Apply(self, [P, s, w], [T.matrix(dtype=P.dtype)])
+
+    def perform(self, node, inputs, outputs):
+        P, s, w = inputs
+        outputs[0][0] = np.tanh(P + s[:, None, :]).dot(w).astype(P.dtype)
+
+    def infer_shape(self, fgraph, node, shapes):
+        return [shapes[0][:2]]
+
+    def grad(self, inputs, grads):
+        P, s, w = inputs
+        return list(AttentionScoresGrad()(P, s, w, grads[0]))
+
+    def c_code(self, node, name, inp, out, sub):
+        self._check_float32(node)
+        P, s, w = inp
+        e, = out
+        fail = sub["fail"]
+        return r"""
+        {
+        npy_intp N = PyArray_DIMS(%(P)s)[0], L = PyArray_DIMS(%(P)s)[1], A = PyArray_DIMS(%(P)s)[2];
+        if (PyArray_DIMS(%(s)s)[0] != N || PyArray_DIMS(%(s)s)[1] != A || PyArray_DIMS(%(w)s)[0] != A) {
+            PyErr_SetString(PyExc_ValueError, "AttentionScores: P must be (N, L, A), s (N, A), w (A,)");
+            %(fail)s
+        }
+        npy_intp dims[2] = {N, L};
+        if (lc_output(&%(e)s, 2, dims)) { %(fail)s }
+        PyArrayObject *pc = PyArray_GETCONTIGUOUS(%(P)s), *sc = PyArray_GETCONTIGUOUS(%(s)s),
+                      *wc = PyArray_GETCONTIGUOUS(%(w)s);
+        const float *PP = (float*)PyArray_DATA(pc), *S = (float*)PyArray_DATA(sc),
+                    *W = (float*)PyArray_DATA(wc);
+        float *E = (float*)PyArray_DATA(%(e)s);
+        float *row = (float*)malloc(sizeof(float) * (A + LC_LANES));
+        for (npy_intp n = 0; n < N; ++n)
+            for (npy_intp l = 0; l < L; ++l)
+                E[n * L + l] = lc_attention_score(A, PP + (n * L + l) * A, S + n * A, W, row);
+        free(row);
+        Py_DECREF(pc); Py_DECREF(sc); Py_DECREF(wc);
+        }
+        """ % dict(locals(), fail=fail)
+
+    def c_support_code(self, **kwargs):
+        return _FAST_MATH_C + _ATTENTION_C
+
+
+_ATTENTION_C = r"""
+/* tanh as Eigen's rational approximation (a few float32 ulp): no branch, so
+   gcc vectorises the loops over it (lc_tanh's branches stop it; that one
+   stays as it is for the LSTM op, whose numbers are published). The clamps
+   vectorise only without trapping-math: changed here only, per function. */
+#define LC_VECTOR_CLAMPS __attribute__((optimize("no-trapping-math")))
+static inline LC_VECTOR_CLAMPS float lc_tanh_rational(float x) {
+    const float c = 7.90531110763549805f;
+    x = x < -c ? -c : x;
+    x = x > c ? c : x;
+    float x2 = x * x;
+    float p = x2 * -2.76076847742355e-16f + 2.00018790482477e-13f;
+    p = p * x2 + -8.60467152213735e-11f;
+    p = p * x2 + 5.12229709037114e-08f;
+    p = p * x2 + 1.48572235717979e-05f;
+    p = p * x2 + 6.37261928875436e-04f;
+    p = p * x2 + 4.89352455891786e-03f;
+    p = p * x;
+    float q = x2 * 1.19825839466702e-06f + 1.18534705686654e-04f;
+    q = q * x2 + 2.26843463243900e-03f;
+    q = q * x2 + 4.89352518554385e-03f;
+    return p / q;
+}
+/* sum_a w[a] tanh(p[a] + s[a]); tanh values go to t (vectorised), then a
+   lane-wise sum */
+static LC_VECTOR_CLAMPS float lc_attention_score(npy_intp A, const float* __restrict p,
+        const float* __restrict s, const float* __restrict w, float* __restrict t) {
+    for (npy_intp a = 0; a < A; ++a) t[a] = w[a] * lc_tanh_rational(p[a] + s[a]);
+    float acc[LC_LANES];
+    for (int l = 0; l < LC_LANES; ++l) acc[l] = 0.0f;
+    npy_intp a = 0;
+    for (; a + LC_LANES <= A; a += LC_LANES)
+        for (int l = 0; l < LC_LANES; ++l) acc[l] += t[a + l];
+    float sum = 0.0f;
+    for (int l = 0; l < LC_LANES; ++l) sum += acc[l];
+    for (; a < A; ++a) sum += t[a];
+    return sum;
+}
+"""
+
+
+class AttentionScoresGrad(_Float32COp):
+    """Gradient of :class:`AttentionScores` for upstream ``g`` (N, L): ``(dP, ds, dw)``.
+
+    ``dP[n, l, a] = g[n, l] w[a] (1 - tanh^2)``, ``ds = sum_l dP``,
+    ``dw[a] = sum_{n, l} g[n, l] tanh(P + s)[n, l, a]``.
+    """
+    __props__ = ()
+
+    def make_node(self, P, s, w, g):
+        P, s, w, g = map(T.as_tensor_variable, (P, s, w, g))
+        return Apply(self, [P, s, w, g], [P.type(), s.type(), w.type()])
+
+    def perform(self, node, inputs, outputs):
+        P, s, w, g = inputs
+        t = np.tanh(P + s[:, None, :])
+        dP = (g[:, :, None] * w[None, None, :] * (1 - t * t)).astype(P.dtype)
+        outputs[0][0] = dP
+        outputs[1][0] = dP.sum(axis=1).astype(P.dtype)
+        outputs[2][0] = np.einsum("nl,nla->a", g, t).astype(P.dtype)
+
+    def infer_shape(self, fgraph, node, shapes):
+        return [shapes[0], shapes[1], shapes[2]]
+
+    def c_code(self, node, name, inp, out, sub):
+        self._check_float32(node)
+        P, s, w, g = inp
+        dP, ds, dw = out
+        fail = sub["fail"]
+        return r"""
+        {
+        npy_intp N = PyArray_DIMS(%(P)s)[0], L = PyArray_DIMS(%(P)s)[1], A = PyArray_DIMS(%(P)s)[2];
+        npy_intp dims[3] = {N, L, A}, s_dims[2] = {N, A}, w_dims[1] = {A};
+        if (lc_output(&%(dP)s, 3, dims) || lc_output(&%(ds)s, 2, s_dims)
+                || lc_output(&%(dw)s, 1, w_dims)) { %(fail)s }
+        PyArrayObject *pc = PyArray_GETCONTIGUOUS(%(P)s), *sc = PyArray_GETCONTIGUOUS(%(s)s),
+                      *wc = PyArray_GETCONTIGUOUS(%(w)s), *gc = PyArray_GETCONTIGUOUS(%(g)s);
+        const float *PP = (float*)PyArray_DATA(pc), *S = (float*)PyArray_DATA(sc),
+                    *W = (float*)PyArray_DATA(wc), *G = (float*)PyArray_DATA(gc);
+        float *DP = (float*)PyArray_DATA(%(dP)s), *DS = (float*)PyArray_DATA(%(ds)s),
+              *DW = (float*)PyArray_DATA(%(dw)s);
+        for (npy_intp a = 0; a < A; ++a) DW[a] = 0.0f;
+        for (npy_intp n = 0; n < N; ++n) {
+            float *dsn = DS + n * A;
+            const float *sn = S + n * A;
+            for (npy_intp a = 0; a < A; ++a) dsn[a] = 0.0f;
+            for (npy_intp l = 0; l < L; ++l)
+                lc_attention_score_grad(A, PP + (n * L + l) * A, sn, W, G[n * L + l],
+                                        DP + (n * L + l) * A, dsn, DW);
+        }
+        Py_DECREF(pc); Py_DECREF(sc); Py_DECREF(wc); Py_DECREF(gc);
+        }
+        """ % dict(locals(), fail=fail)
+
+    def c_support_code(self, **kwargs):
+        return _FAST_MATH_C + _ATTENTION_C + r"""
+static LC_VECTOR_CLAMPS void lc_attention_score_grad(npy_intp A, const float* __restrict p,
+        const float* __restrict s, const float* __restrict w, float g,
+        float* __restrict dp, float* __restrict ds, float* __restrict dw) {
+    for (npy_intp a = 0; a < A; ++a) {
+        float t = lc_tanh_rational(p[a] + s[a]);
+        float d = g * w[a] * (1.0f - t * t);
+        dp[a] = d;
+        ds[a] += d;
+        dw[a] += g * t;
+    }
+}
+"""

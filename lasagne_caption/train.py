@@ -19,12 +19,25 @@ import numpy as np
 from tqdm import tqdm
 
 from . import checkpoint as ckpt
-from .data import generate_batch, iterate_captions, load_dataset
+from .data import epoch_batches, generate_batch, iterate_captions, load_dataset
 from .errors import UserError, run_cli
 from .files import atomic_write, exclusive_lock, remove_stale_temporaries
-from .models import NetworkConfig, SeminarModel, read_glove, seed_initial_weights
+from .models import (AttentionConfig, AttentionModel, NetworkConfig, SeminarModel, read_glove,
+                     seed_initial_weights)
 
-LOG_COLUMNS = ["epoch", "train_loss", "val_loss", "seconds", "step"]
+BASE_LOG_COLUMNS = ["epoch", "train_loss", "val_loss", "seconds", "step"]
+# dev scores of the captions written each --dev-every epochs, and the step size
+LOG_COLUMNS = BASE_LOG_COLUMNS + ["dev_bleu4", "dev_cider", "learning_rate"]
+
+# defaults that depend on the decoder: the seminar's, and Xu et al.'s recipe
+# at Flickr8k size for the attention network (a pass over every caption per
+# epoch, captions for the dev split after each, decay and early stopping)
+DECODER_DEFAULTS = {
+    "seminar": {"embed_size": 128, "units": 200, "learning_rate": 1e-3, "batch_size": 50,
+                "batches_per_epoch": 50, "dev_every": 0, "early_stop": 0, "lr_decay": 1.0},
+    "attention": {"embed_size": 256, "units": 512, "learning_rate": 4e-4, "batch_size": 64,
+                  "batches_per_epoch": 0, "dev_every": 1, "early_stop": 4, "lr_decay": 0.5},
+}
 
 
 def kept_path(checkpoint, epoch):
@@ -44,9 +57,31 @@ def epoch_rngs(seed, epoch):
     return rng, int(rng.integers(1, 2 ** 30))
 
 
+def apply_decoder_defaults(args, decoder):
+    """Fill the options left at None with ``decoder``'s defaults."""
+    args.decoder = decoder
+    for name, value in DECODER_DEFAULTS[decoder].items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    return args
+
+
 def build_model(dataset, args):
-    """A new seminar network from the command-line options."""
+    """A new network (``args.decoder``) from the command-line options."""
     vocab = dataset.vocabulary(min_count=args.min_count)
+    if args.decoder == "attention":
+        if len(dataset.image_shape) != 2:
+            raise UserError("--decoder attention reads image regions; %s has %s features of "
+                            "shape %s. Prepare region features with `python -m "
+                            "lasagne_caption.data prepare ... --features grid`"
+                            % (args.data, dataset.meta.get("features"), dataset.image_shape))
+        if args.glove:
+            raise UserError("--glove is for the seminar decoder")
+        config = AttentionConfig(
+            n_tokens=len(vocab), image_shape=list(dataset.image_shape),
+            embed_size=args.embed_size, units=args.units, attention_size=args.attention_size,
+            gate=args.gate, dropout=args.dropout, doubly_stochastic=args.doubly_stochastic)
+        return AttentionModel(config, vocab, learning_rate=args.learning_rate)
     embeddings = None
     if args.glove:
         embeddings, found = read_glove(args.glove, vocab)
@@ -72,6 +107,8 @@ def run_options(args):
         "min_count": args.min_count,
         "glove": args.glove,
         "init_from": args.init_from,
+        "dev": {"every": args.dev_every, "beam": args.dev_beam, "select_on": args.select_on,
+                "lr_decay": args.lr_decay, "early_stop": args.early_stop},
     }
 
 
@@ -106,6 +143,8 @@ def compile_with_notice(model, name):
     if model.is_compiled(name):
         return
     kind = "val_step" if name == "val_step" else "train_step"
+    if model.kind != "seminar":   # each network's compile time is recorded apart
+        kind = "%s:%s" % (model.kind, kind)
     what = {"val_step": "the validation loss",
             "train_step": "the train step for captions of any length (scan)"}.get(
         name, "the train step for captions of up to %s words" % name.rsplit("_", 1)[-1])
@@ -141,10 +180,13 @@ def read_log(path, upto_epoch):
         return empty
     try:
         log = pd.read_csv(path)
+        if list(log.columns) == BASE_LOG_COLUMNS:   # a log of version 0.3
+            log = log.reindex(columns=LOG_COLUMNS)
         if list(log.columns) != LOG_COLUMNS:
             raise ValueError("columns %s, expected %s" % (list(log.columns), LOG_COLUMNS))
         log = log.astype({"epoch": int, "train_loss": float, "val_loss": float,
-                          "seconds": float, "step": int})
+                          "seconds": float, "step": int, "dev_bleu4": float,
+                          "dev_cider": float, "learning_rate": float})
     except (ValueError, TypeError, OSError, pd.errors.ParserError,
             pd.errors.EmptyDataError) as exc:
         os.replace(path, path + ".damaged")
@@ -161,13 +203,25 @@ def write_log(path, png, log):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(log["epoch"], log["train_loss"], label="train")
+    dev = log.dropna(subset=["dev_bleu4"]) if len(log) else log
+    fig, axes = plt.subplots(1, 2 if len(dev) else 1, figsize=(11 if len(dev) else 6, 4),
+                             squeeze=False)
+    ax = axes[0, 0]
+    ax.plot(log["epoch"], log["train_loss"], label="train (with the attention term)"
+            if len(dev) else "train")
     ax.plot(log["epoch"], log["val_loss"], label="validation")
     ax.set_xlabel("epoch")
     ax.set_ylabel("cross-entropy per word")
     ax.grid(alpha=0.3)
     ax.legend()
+    if len(dev):
+        ax = axes[0, 1]
+        ax.plot(dev["epoch"], dev["dev_bleu4"], "o-", label="BLEU-4")
+        ax.plot(dev["epoch"], dev["dev_cider"], "s-", label="CIDEr-D")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("dev score (beam search captions)")
+        ax.grid(alpha=0.3)
+        ax.legend()
     fig.tight_layout()
     atomic_write(png, lambda f: fig.savefig(f, format="png", dpi=100))
     plt.close(fig)
@@ -189,14 +243,24 @@ class TrainingDiverged(UserError):
 # options that define the network or its optimiser: a resume keeps the
 # checkpoint's, and refuses a different value given on the command line
 NETWORK_OPTIONS = {"embed_size": "embed_size", "units": "units", "image_inject": "image_inject",
-                   "cell": "cell", "freeze_embeddings": "freeze_embeddings"}
+                   "cell": "cell", "freeze_embeddings": "freeze_embeddings", "gate": "gate",
+                   "attention_size": "attention_size", "dropout": "dropout",
+                   "doubly_stochastic": "doubly_stochastic"}
 # options a resume may change (with a note): they change batches, not the network
 RUN_OPTIONS = ("batch_size", "batches_per_epoch", "max_caption_len", "seed")
 
 
 def _checkpoint_files(checkpoint):
     log_csv, log_png = log_paths(checkpoint)
-    return [checkpoint, ckpt.metadata_path(checkpoint), log_csv, log_png]
+    best = best_path(checkpoint)
+    return [checkpoint, ckpt.metadata_path(checkpoint), log_csv, log_png, best,
+            ckpt.metadata_path(best)]
+
+
+def best_path(checkpoint):
+    """Where the best-on-dev parameters go: wrote_net.best.params."""
+    stem = checkpoint[:-len(".params")] if checkpoint.endswith(".params") else checkpoint
+    return stem + ".best.params"
 
 
 def remove_stale_files(checkpoint):
@@ -311,49 +375,76 @@ def _train(args, given):
 
     dataset = load_dataset(args.data)
     meta = open_checkpoint(args)
+    decoder = args.decoder
+    if meta is not None:
+        decoder = meta.get("kind") or "seminar"
+        if "decoder" in given and given["decoder"] != decoder:
+            raise UserError("%s is a %s network; you gave --decoder %s. Start a new run with "
+                            "another --checkpoint" % (args.checkpoint, decoder, given["decoder"]))
+    apply_decoder_defaults(args, decoder)
     if meta is not None:
         check_resume(meta, dataset, args, given)
     # initial weights and dropout streams come from one global RNG: seeded,
     # the run is repeatable
     seed_initial_weights(args.seed)
     start_epoch, step = 0, 0
+    # model selection on dev: the best score so far, its epoch, the epochs
+    # since, the current step size; saved with every checkpoint for resume
+    selection = {"select_on": args.select_on, "best_score": None, "best_epoch": None,
+                 "bad_epochs": 0, "learning_rate": None, "stopped": False}
     if meta is not None:
-        model, meta = ckpt.resume(args.checkpoint, (dataset.code_size,), args.reset_optimizer)
+        model, meta = ckpt.resume(args.checkpoint, dataset.image_shape, args.reset_optimizer)
         start_epoch, step = meta["epoch"], meta["optimizer"]["step"]
-        print("resuming %s at epoch %d: keeping its network (%s %d units), vocabulary "
+        selection = dict(selection, **(meta.get("selection") or {}))
+        if selection.get("learning_rate") is not None:
+            model.set_learning_rate(selection["learning_rate"])
+        print("resuming %s at epoch %d: keeping its network (%s, %d units), vocabulary "
               "(%d words) and learning rate %g"
-              % (args.checkpoint, start_epoch, model.config.cell, model.config.units,
-                 len(model.vocab), model.learning_rate))
+              % (args.checkpoint, start_epoch, getattr(model.config, "cell", model.kind),
+                 model.config.units, len(model.vocab), model.learning_rate))
     else:
         model = build_model(dataset, args)
         if args.init_from:
             model.set_param_values(ckpt.safe_load_arrays(args.init_from), args.init_from)
     log_csv, log_png = log_paths(args.checkpoint)
     log = read_log(log_csv, start_epoch) if meta is not None else pd.DataFrame(columns=LOG_COLUMNS)
-    print("data: %s (%d images, %d-d codes), vocabulary %d words"
-          % (dataset.path, len(dataset.codes), dataset.code_size, len(model.vocab)))
-    if start_epoch >= args.epochs:
-        print("%s is already at epoch %d of %d: nothing to do"
-              % (args.checkpoint, start_epoch, args.epochs))
+    print("data: %s (%d images, codes of shape %s), vocabulary %d words"
+          % (dataset.path, len(dataset.codes), "x".join(map(str, dataset.image_shape)),
+             len(model.vocab)))
+    if start_epoch >= args.epochs or selection["stopped"]:
+        print("%s is already at epoch %d of %d%s: nothing to do"
+              % (args.checkpoint, start_epoch, args.epochs,
+                 " (stopped early)" if selection["stopped"] else ""))
         return model
+    if selection["learning_rate"] is None and hasattr(model, "set_learning_rate"):
+        selection["learning_rate"] = model.learning_rate
 
     optimizer = model.optimizer_state
 
     train_codes, train_captions = dataset.split("train")
     val = validation_batches(dataset, model, args)
+    n_pairs = sum(len(c) for c in train_captions)
+    batches_per_epoch = args.batches_per_epoch or -(-n_pairs // args.batch_size)
+
+    def run_record(sel):
+        return dict(run_options(args), selection=dict(sel)) if args.dev_every \
+            else run_options(args)
 
     def snapshot(epoch):
-        return (epoch, step, model.get_param_values(), [v.get_value() for v in optimizer])
+        return (epoch, step, model.get_param_values(), [v.get_value() for v in optimizer],
+                dict(selection))
 
     def save(snap):
-        epoch, at_step, params, opt = snap
+        epoch, at_step, params, opt, sel = snap
         ckpt.save_checkpoint(args.checkpoint, params,
-                             ckpt.make_metadata(model, dataset, epoch, at_step, run_options(args)), opt)
+                             ckpt.make_metadata(model, dataset, epoch, at_step, run_record(sel)),
+                             opt)
         write_log(log_csv, log_png, log)
         if args.keep_every and epoch % args.keep_every == 0:
             # a copy per chosen epoch, to pick the number of epochs on dev later
             ckpt.save_checkpoint(kept_path(args.checkpoint, epoch), params,
-                                 ckpt.make_metadata(model, dataset, epoch, at_step, run_options(args)), opt)
+                                 ckpt.make_metadata(model, dataset, epoch, at_step,
+                                                    run_record(sel)), opt)
 
     last = snapshot(start_epoch)
     saved_epoch = start_epoch
@@ -367,11 +458,16 @@ def _train(args, given):
             rng, dropout_seed = epoch_rngs(args.seed, epoch)
             model.seed_dropout(dropout_seed)
             losses = []
-            bar = tqdm(range(args.batches_per_epoch), desc="epoch %d/%d" % (epoch, args.epochs),
+            if args.batches_per_epoch:   # the seminar's: random images, a random caption each
+                batches = (generate_batch(train_codes, train_captions, model.vocab,
+                                          args.batch_size, rng, args.max_caption_len)
+                           for _ in range(args.batches_per_epoch))
+            else:                        # every training caption once
+                batches = epoch_batches(train_codes, train_captions, model.vocab,
+                                        args.batch_size, rng, args.max_caption_len)
+            bar = tqdm(batches, total=batches_per_epoch, desc="epoch %d/%d" % (epoch, args.epochs),
                        leave=False, unit="batch", disable=None)
-            for batch_no in bar:
-                batch = generate_batch(train_codes, train_captions, model.vocab,
-                                       args.batch_size, rng, args.max_caption_len)
+            for batch_no, batch in enumerate(bar):
                 compile_with_notice(model, model.train_function_key(batch[1].shape[1]))
                 losses.append(model.train_step(*batch))
                 step += 1
@@ -388,12 +484,30 @@ def _train(args, given):
                 raise TrainingDiverged("the validation loss became %s after epoch %d"
                                        % (val_loss, epoch))
             row = {"epoch": epoch, "train_loss": float(np.mean(losses)), "val_loss": val_loss,
-                   "seconds": round(time.time() - t0, 2), "step": step}
+                   "seconds": round(time.time() - t0, 2), "step": step,
+                   "dev_bleu4": float("nan"), "dev_cider": float("nan"),
+                   "learning_rate": selection["learning_rate"] or model.learning_rate}
+            dev_note = ""
+            if args.dev_every and epoch % args.dev_every == 0:
+                scores = dev_scores(model, dataset, args)
+                row["dev_bleu4"], row["dev_cider"] = scores["BLEU-4"], scores["CIDEr-D"]
+                dev_note = "  dev BLEU-4 %.2f CIDEr-D %.2f" % (100 * scores["BLEU-4"],
+                                                               100 * scores["CIDEr-D"])
+                dev_note += select(model, selection, scores, epoch, args, dataset, step)
+            row["seconds"] = round(time.time() - t0, 2)
             log = pd.concat([log, pd.DataFrame([row])], ignore_index=True) if len(log) \
                 else pd.DataFrame([row], columns=LOG_COLUMNS)
-            tqdm.write("epoch %d/%d  train %.4f  val %.4f  (%.1f s)"
-                       % (epoch, args.epochs, row["train_loss"], val_loss, row["seconds"]))
+            tqdm.write("epoch %d/%d  train %.4f  val %.4f%s  (%.1f s)"
+                       % (epoch, args.epochs, row["train_loss"], val_loss, dev_note,
+                          row["seconds"]))
             last = snapshot(epoch)
+            if selection["stopped"]:
+                save(last)
+                saved_epoch = epoch
+                print("early stop: no better dev %s for %d evaluations; the best, epoch %d, "
+                      "is in %s" % (args.select_on, selection["bad_epochs"],
+                                    selection["best_epoch"], best_path(args.checkpoint)))
+                return model
             if epoch % args.save_every == 0 or epoch == args.epochs:
                 save(last)
                 saved_epoch = epoch
@@ -419,6 +533,45 @@ def _train(args, given):
     return model
 
 
+def dev_scores(model, dataset, args):
+    """BLEU and CIDEr-D of beam-search captions for the dev (``val``) split."""
+    from . import metrics
+    from .evaluate import caption_split, references_of
+    tqdm.write("captioning the %d dev images (beam %d) ..." % (len(dataset.splits["val"]),
+                                                               args.dev_beam))
+    candidates = caption_split(model, dataset, "val", beam=args.dev_beam)
+    return metrics.score_captions(references_of(dataset, "val"), candidates,
+                                  metrics=("BLEU", "CIDEr"))
+
+
+SELECT_KEYS = {"BLEU-4": "BLEU-4", "CIDEr-D": "CIDEr-D"}
+
+
+def select(model, selection, scores, epoch, args, dataset, step):
+    """Keep the best-on-dev parameters; decay the step size or stop when dev stalls.
+
+    Updates ``selection`` in place and returns a note for the log line.
+    """
+    score = scores[args.select_on]
+    if selection["best_score"] is None or score > selection["best_score"]:
+        selection.update(best_score=score, best_epoch=epoch, bad_epochs=0)
+        path = best_path(args.checkpoint)
+        meta = ckpt.make_metadata(model, dataset, epoch, step,
+                                  dict(run_options(args), selection=dict(selection),
+                                       dev_scores=scores))
+        ckpt.save_checkpoint(path, model.get_param_values(), meta)
+        return "  (best so far: %s)" % os.path.basename(path)
+    selection["bad_epochs"] += 1
+    note = "  (best: epoch %d)" % selection["best_epoch"]
+    if args.early_stop and selection["bad_epochs"] >= args.early_stop:
+        selection["stopped"] = True
+    elif args.lr_decay < 1 and hasattr(model, "set_learning_rate"):
+        selection["learning_rate"] *= args.lr_decay
+        model.set_learning_rate(selection["learning_rate"])
+        note += "  learning rate -> %g" % selection["learning_rate"]
+    return note
+
+
 def build_parser():
     p = argparse.ArgumentParser(
         prog="python -m lasagne_caption.train",
@@ -428,8 +581,15 @@ def build_parser():
     p.add_argument("--data", default="data/flickr8k",
                    help="prepared dataset folder (python -m lasagne_caption.data prepare ...)")
     p.add_argument("--epochs", type=int, default=100, help="train until this many epochs in total")
-    p.add_argument("--batch-size", type=int, default=50)
-    p.add_argument("--batches-per-epoch", type=int, default=50)
+    p.add_argument("--decoder", choices=["seminar", "attention"], default="seminar",
+                   help="seminar: the seminar's network on flat image codes; attention: "
+                        "Show, Attend and Tell with a gate, on region features (a grid "
+                        "dataset). A resume keeps the checkpoint's")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="captions per batch (default: seminar 50, attention 64)")
+    p.add_argument("--batches-per-epoch", type=int, default=None,
+                   help="random batches per epoch, as the seminar draws them; 0: one pass "
+                        "over every training caption (default: seminar 50, attention 0)")
     p.add_argument("--val-batches", type=int, default=20,
                    help="validation batches per epoch from the val split (0: the whole split)")
     p.add_argument("--seed", type=int, default=0)
@@ -449,19 +609,45 @@ def build_parser():
                    help="also keep a copy of every N-th epoch's checkpoint "
                         "(CHECKPOINT.epoch-0120.params), to choose the epoch on dev; "
                         "a multiple of --save-every (0: keep none)")
-    p.add_argument("--learning-rate", type=float, default=1e-3, help="Adam's step size")
+    p.add_argument("--learning-rate", type=float, default=None,
+                   help="Adam's step size (default: seminar 1e-3, attention 4e-4)")
     p.add_argument("--max-caption-len", type=int, default=None,
                    help="truncate training captions to this many tokens")
     net = p.add_argument_group("network (the defaults are the seminar's)")
     net.add_argument("--min-count", type=int, default=5, help="keep words seen this often")
-    net.add_argument("--embed-size", type=int, default=128)
-    net.add_argument("--units", type=int, default=200, help="LSTM/GRU units")
+    net.add_argument("--embed-size", type=int, default=None,
+                     help="word vector size (default: seminar 128, attention 256)")
+    net.add_argument("--units", type=int, default=None,
+                     help="LSTM/GRU units (default: seminar 200, attention 512)")
     net.add_argument("--image-inject", choices=["cell_init", "first_input"], default="cell_init",
                      help="image as the LSTM's initial cell (seminar) or first input step")
     net.add_argument("--cell", choices=["lstm", "gru"], default="lstm")
     net.add_argument("--glove", metavar="FILE", help="initialise word vectors from GloVe text")
     net.add_argument("--freeze-embeddings", action="store_true",
                      help="keep the (GloVe) word vectors fixed")
+    att = p.add_argument_group("attention decoder (--decoder attention)")
+    att.add_argument("--gate", choices=["none", "selector", "sentinel"], default="selector",
+                     help="how visual context is weighed against language: none, Show-Attend-"
+                          "Tell's scalar selector, or a visual sentinel (Knowing When to Look)")
+    att.add_argument("--attention-size", type=int, default=256,
+                     help="size of the space regions and state are compared in")
+    att.add_argument("--dropout", type=float, default=0.5, help="dropout before the word softmax")
+    att.add_argument("--doubly-stochastic", type=float, default=1.0, metavar="LAMBDA",
+                     help="weight of the term that makes every region attended over a caption")
+    dev = p.add_argument_group("model selection on the dev (val) split")
+    dev.add_argument("--dev-every", type=int, default=None, metavar="N",
+                     help="caption the dev split with beam search every N epochs, log BLEU-4 and "
+                          "CIDEr-D and keep the best parameters in CHECKPOINT.best.params "
+                          "(0: never; default: seminar 0, attention 1)")
+    dev.add_argument("--dev-beam", type=int, default=3, help="beam width of the dev captions")
+    dev.add_argument("--select-on", choices=sorted(SELECT_KEYS), default="BLEU-4",
+                     help="the dev score that chooses the best epoch")
+    dev.add_argument("--lr-decay", type=float, default=None,
+                     help="multiply the step size by this when the dev score does not improve "
+                          "(1: never; default: seminar 1, attention 0.5)")
+    dev.add_argument("--early-stop", type=int, default=None, metavar="N",
+                     help="stop after N dev evaluations without improvement (0: never; "
+                          "default: seminar 0, attention 4)")
     return p
 
 
@@ -475,19 +661,24 @@ def given_options(argv):
 
 def check_options(args):
     """Ranges of the numeric options: one-line errors naming the option."""
-    for name in ("epochs", "batch_size", "batches_per_epoch", "save_every", "embed_size",
-                 "units", "min_count"):
-        if getattr(args, name) < 1:
+    for name in ("epochs", "batch_size", "save_every", "embed_size", "units", "min_count",
+                 "attention_size", "dev_beam"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
             raise UserError("--%s must be at least 1, not %d"
                             % (name.replace("_", "-"), getattr(args, name)))
-    for name in ("val_batches", "seed"):
-        if getattr(args, name) < 0:
+    for name in ("val_batches", "seed", "batches_per_epoch", "dev_every", "early_stop"):
+        if getattr(args, name) is not None and getattr(args, name) < 0:
             raise UserError("--%s must be 0 or more, not %d"
                             % (name.replace("_", "-"), getattr(args, name)))
     if args.max_caption_len is not None and args.max_caption_len < 2:
         raise UserError("--max-caption-len must be at least 2 (#START# and #END#), not %d"
                         % args.max_caption_len)
-    if not (np.isfinite(args.learning_rate) and 0 < args.learning_rate <= 1):
+    if args.lr_decay is not None and not (np.isfinite(args.lr_decay) and 0 < args.lr_decay <= 1):
+        raise UserError("--lr-decay must be a number in (0, 1], not %s" % args.lr_decay)
+    if not (0 <= args.dropout < 1) or not (0 <= args.doubly_stochastic < 1e6):
+        raise UserError("--dropout must be in [0, 1) and --doubly-stochastic at least 0")
+    if args.learning_rate is not None and not (np.isfinite(args.learning_rate)
+                                               and 0 < args.learning_rate <= 1):
         raise UserError("--learning-rate must be a number in (0, 1], not %s" % args.learning_rate)
     if args.overwrite and args.resume:
         raise UserError("--overwrite only goes with --no-resume")

@@ -70,3 +70,37 @@ def iterate_captions(codes, captions, vocab, batch_size, max_caption_len=None):
         chunk = pairs[start:start + batch_size]
         yield (np.asarray(codes[[i for i, _ in chunk]], dtype="float32"),
                vocab.as_matrix([c for _, c in chunk], max_len=max_caption_len))
+
+
+def epoch_batches(codes, captions, vocab, batch_size, rng, max_caption_len=None, window=20):
+    """Every (image, caption) pair once, shuffled, in batches of similar lengths.
+
+    The pairs are shuffled, cut into windows of ``window`` batches, sorted by
+    length inside each window and cut into batches, whose order is shuffled
+    again: a batch pads its captions to its longest, so similar lengths
+    waste fewer steps, while every epoch still sees a new order.
+
+    Yields ``(images float32 [B, ...], matrix int32 [B, T])`` as
+    :func:`iterate_captions`; ``len(list(...))`` is ``ceil(pairs / batch_size)``.
+
+    >>> import numpy as np
+    >>> from lasagne_caption.vocab import END, START, Vocabulary
+    >>> captions = [[[START, "a", END], [START, "a", "b", "c", END]], [[START, "b", END]]]
+    >>> vocab = Vocabulary.build([c for image in captions for c in image], min_count=1)
+    >>> codes = np.eye(2, dtype="float32")
+    >>> batches = list(epoch_batches(codes, captions, vocab, 2, np.random.default_rng(0)))
+    >>> sorted(m.shape[1] for _, m in batches)    # the two short captions together
+    [3, 5]
+    """
+    pairs = [(i, j) for i, entry in enumerate(captions) for j in range(len(entry))]
+    order = rng.permutation(len(pairs))
+    lengths = [len(captions[i][j]) for i, j in pairs]
+    chunks = []
+    span = batch_size * window
+    for start in range(0, len(order), span):
+        part = sorted(order[start:start + span], key=lambda k: lengths[k])
+        chunks += [part[b:b + batch_size] for b in range(0, len(part), batch_size)]
+    for c in rng.permutation(len(chunks)):
+        chosen = [pairs[k] for k in chunks[c]]
+        yield (np.asarray(codes[[i for i, _ in chosen]], dtype="float32"),
+               vocab.as_matrix([captions[i][j] for i, j in chosen], max_len=max_caption_len))

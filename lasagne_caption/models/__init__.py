@@ -1,20 +1,21 @@
 """The captioning networks, by kind: the name a checkpoint's metadata records.
 
 >>> sorted(NETWORKS)
-['seminar']
+['attention', 'seminar']
 >>> network_class("transformer")
 Traceback (most recent call last):
 ...
-lasagne_caption.errors.UserError: unknown network kind 'transformer' (this version knows seminar): written by a newer lasagne-caption?
+lasagne_caption.errors.UserError: unknown network kind 'transformer' (this version knows attention, seminar): written by a newer lasagne-caption?
 """
 from ..errors import UserError
+from .attention import AttentionConfig, AttentionModel
 from .base import CaptionNetwork, seed_initial_weights
 from .config import NetworkConfig
 from .embeddings import read_glove
 from .losses import masked_cross_entropy
 from .seminar import SeminarModel, build_network, param_shapes
 
-NETWORKS = {SeminarModel.kind: SeminarModel}
+NETWORKS = {SeminarModel.kind: SeminarModel, AttentionModel.kind: AttentionModel}
 
 
 def network_class(kind):
@@ -25,5 +26,5 @@ def network_class(kind):
     return NETWORKS[kind]
 
 
-__all__ = ["CaptionNetwork", "NETWORKS", "NetworkConfig", "SeminarModel", "build_network",
+__all__ = ["AttentionConfig", "AttentionModel", "CaptionNetwork", "NETWORKS", "NetworkConfig", "SeminarModel", "build_network",
            "masked_cross_entropy", "network_class", "param_shapes", "read_glove", "seed_initial_weights"]
