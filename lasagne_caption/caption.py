@@ -11,15 +11,21 @@ From a shell::
 
     python -m lasagne_caption.caption photo.jpg more/*.jpg --checkpoint wrote_net.params \\
         [--beam 3 [--length-normalization 0.7] | --greedy | --sample --temperature T] [-n K]
-        [--json] [--model MODEL]
+        [--json] [--model MODEL] [--attention-map OUT.png]
 
 Photos are encoded by the image encoder and feature tap that produced the
 checkpoint's training codes, as its metadata records them (``"encoder"``).
 A bare seminar parameter file has no metadata: its encoder is recognised by
 the code size, 1000 / 1024 (the seminar's GoogLeNet logits / pool5, which
 need ``blvc_googlenet.pkl``), 1001 / 1280 (MobileNetV2 logits / pool).
-Precomputed codes are accepted too. A file that is not an image gets a one-line error and the other photos
-are still captioned.
+A network over a grid of regions (``--decoder attention``, image shape
+``(49, 1280)``) reads MobileNetV2's 7x7x1280 ``grid`` tap, flattened
+row-major to 49 regions. Precomputed codes are accepted too: ``(N, D)`` flat
+codes, or grid codes ``(N, 49, 1280)`` / ``(N, 7, 7, 1280)``. A file that is
+not an image gets a one-line error and the other photos are still captioned.
+
+``--attention-map OUT.png`` draws where an attention network looked for
+each word of the printed caption (:mod:`lasagne_caption.attention_map`).
 """
 import argparse
 import json
@@ -34,6 +40,38 @@ from .errors import UserError, run_cli
 # bare seminar parameter file, whose metadata does not say
 ENCODER_FOR_CODE_SIZE = {1001: ("mobilenet_v2", "logits"), 1280: ("mobilenet_v2", "pool"),
                          1000: ("googlenet", "logits"), 1024: ("googlenet", "pool")}
+# the same for a network over a grid of regions, image shape (L, D) -> encoder
+ENCODER_FOR_GRID = {(49, 1280): ("mobilenet_v2", "grid")}
+
+
+def _image_shape(code_size):
+    """A code size (int) or image shape (sequence) as a shape tuple: ``(D,)`` or ``(L, D)``."""
+    if isinstance(code_size, (tuple, list, np.ndarray)):
+        return tuple(int(s) for s in code_size)
+    return (int(code_size),)
+
+
+def _describe(shape):
+    """``"1001-d"`` for flat codes, ``"49x1280"`` for a grid."""
+    return "%d-d" % shape[0] if len(shape) == 1 else "x".join(map(str, shape))
+
+
+def code_shapes(image_shape):
+    """The shapes one image's precomputed codes may have, for a network's ``image_shape``.
+
+    Flat codes: ``(D,)``. A grid ``(L, D)``: that, and ``(s, s, D)`` when L
+    is a square ``s * s`` (the encoder's map before flattening).
+
+    >>> code_shapes((1001,)), code_shapes((49, 1280))
+    ([(1001,)], [(49, 1280), (7, 7, 1280)])
+    """
+    shape = _image_shape(image_shape)
+    shapes = [shape]
+    if len(shape) == 2:
+        side = int(round(shape[0] ** 0.5))
+        if side * side == shape[0]:
+            shapes.append((side, side, shape[1]))
+    return shapes
 
 
 def encoder_record(metadata, code_size):
@@ -41,7 +79,8 @@ def encoder_record(metadata, code_size):
 
     From the metadata's ``"encoder"`` (format 3), or its data's features
     (formats 1 and 2); otherwise (a bare seminar file) guessed from the code
-    size. None if no encoder makes codes of that size.
+    size (an int, or the network's ``image_shape``: ``(D,)`` or a grid
+    ``(L, D)``). None if no encoder makes codes of that size.
     """
     from .checkpoint import encoder_of
     record = (metadata or {}).get("encoder")
@@ -50,27 +89,41 @@ def encoder_record(metadata, code_size):
     if isinstance(record, dict) and isinstance(record.get("name"), str) \
             and isinstance(record.get("tap"), str):
         return record["name"], record["tap"]
-    return ENCODER_FOR_CODE_SIZE.get(code_size)
+    shape = _image_shape(code_size)
+    if len(shape) == 1:
+        return ENCODER_FOR_CODE_SIZE.get(shape[0])
+    return ENCODER_FOR_GRID.get(shape)
 
 
 def load_encoder(record, code_size, model_path=None):
     """The image encoder named by ``record`` (``(name, tap)``), checked against the code size.
 
+    ``code_size``: an int, or the network's ``image_shape`` (``(D,)``, or a
+    grid ``(L, D)`` whose encoder tap is ``(rows, cols, D)`` with
+    ``rows * cols = L``).
+
     Returns
     -------
     encoder : object with ``encode`` and ``input_size``
     tap : str
-        Which of its codes the model reads (``"logits"``, ``"pool"``).
+        Which of its codes the model reads (``"logits"``, ``"pool"``, ``"grid"``).
     """
     from .encoders import get_encoder
+    shape = _image_shape(code_size)
     if record is None:
-        raise UserError("the model expects %d-d image codes, which no encoder here "
-                        "produces; pass precomputed codes instead of photos" % code_size)
+        raise UserError("the model expects %s image codes, which no encoder here "
+                        "produces; pass precomputed codes instead of photos" % _describe(shape))
     name, tap = record
     try:
         encoder = get_encoder(name, model_path)
     except UserError as exc:
-        raise UserError("the model expects %d-d %s %s codes: %s" % (code_size, name, tap, exc))
+        raise UserError("the model expects %s %s %s codes: %s"
+                        % (_describe(shape), name, tap, exc))
+    tap_shape = tuple(getattr(encoder, "tap_shapes", {}).get(tap, ()))
+    if tap_shape and (int(np.prod(tap_shape)) != int(np.prod(shape))
+                      or tap_shape[-1] != shape[-1]):
+        raise UserError("the model expects %s image codes, but encoder %s's %s codes are %s"
+                        % (_describe(shape), name, tap, "x".join(map(str, tap_shape))))
     return encoder, tap
 
 
@@ -85,7 +138,8 @@ class Captioner(object):
         None looks in the encoders' default location.
     encoder : (name, tap), optional
         The encoder and feature tap the model was trained on; by default
-        :func:`encoder_record` guesses them from the code size.
+        :func:`encoder_record` guesses them from the model's image shape
+        (a ``(49, 1280)`` grid: MobileNetV2's ``grid``).
     """
 
     def __init__(self, model, encoder_model=None, encoder=None):
@@ -94,7 +148,7 @@ class Captioner(object):
         self.vocab = model.vocab
         self.generator = CaptionGenerator(model)
         self.encoder_model = encoder_model
-        self.encoder_name = encoder or encoder_record(None, model.image_shape[-1])
+        self.encoder_name = encoder or encoder_record(None, model.image_shape)
         self._encoder = None
 
     @classmethod
@@ -114,14 +168,30 @@ class Captioner(object):
         """
         from .checkpoint import load_model
         model, metadata = load_model(path, vocab)
-        return cls(model, encoder_model, encoder_record(metadata, model.image_shape[-1]))
+        return cls(model, encoder_model, encoder_record(metadata, model.image_shape))
+
+    @property
+    def has_attention(self):
+        """Whether the network reports attention over image regions for each word.
+
+        Only a network over a grid of regions (a 2-D ``image_shape``, the
+        ``attention`` decoder) does; known without captioning anything.
+        """
+        return len(tuple(self.model.image_shape)) == 2
+
+    def check_attention(self):
+        """A one-line :class:`UserError` unless the network reports attention over regions."""
+        if not self.has_attention:
+            raise UserError("this checkpoint's network (%s) has no attention over regions; "
+                            "train one with --decoder attention"
+                            % getattr(self.model, "kind", type(self.model).__name__))
 
     @property
     def encoder(self):
         """The image encoder the model was trained with, loaded once."""
         if self._encoder is None:
             self._encoder, self.features = load_encoder(self.encoder_name,
-                                                        self.model.image_shape[-1],
+                                                        self.model.image_shape,
                                                         self.encoder_model)
         return self._encoder
 
@@ -130,14 +200,18 @@ class Captioner(object):
 
         Returns
         -------
-        codes : float32 array (M, code_size)
-            One row per photo that could be read, in order.
+        codes : float32 array (M,) + model.image_shape
+            One row per photo that could be read, in order: ``(M, code_size)``,
+            or for a grid network ``(M, 49, 1280)`` (the encoder's 7x7 map,
+            flattened row-major: region ``row * 7 + col``).
         errors : dict
             Index in ``photos`` -> one-line message, for the others.
         """
         encoded = self.encoder.encode(list(photos), taps=self.features, progress=False,
                                       skip_unreadable=True)
-        return encoded[self.features], {i: message for i, _, message in encoded.failed}
+        codes = encoded[self.features]
+        codes = codes.reshape((len(codes),) + tuple(self.model.image_shape))
+        return codes, {i: message for i, _, message in encoded.failed}
 
     def run(self, photos, beam=3, greedy=False, sample=False, temperature=1.0, n=1,
             seed=None, max_len=20, suppress_unk=True, length_normalization=0.0):
@@ -145,7 +219,9 @@ class Captioner(object):
 
         Parameters
         ----------
-        photos : list of (path or uint8 image), or float array (N, code_size) of codes
+        photos : list of (path or uint8 image), or float array of codes
+            Codes: ``(N, code_size)``; for a grid network ``(N, 49, 1280)``
+            or ``(N, 7, 7, 1280)``.
         beam, greedy, sample, temperature, n, seed, max_len, suppress_unk, length_normalization
             See :meth:`caption`.
 
@@ -170,8 +246,14 @@ class Captioner(object):
                             "search, not %s" % ("greedy" if greedy else "sampling"))
         if n > 1 and not sample:
             raise UserError("-n %d needs --sample (beam and greedy give one caption)" % n)
-        if _are_codes(photos, self.model.image_shape[-1]):
-            codes, errors = np.asarray(photos, np.float32), {}
+        if _are_codes(photos, self.model.image_shape):
+            codes, errors = _batch_of_codes(photos, self.model.image_shape), {}
+        elif isinstance(photos, np.ndarray) and photos.dtype.kind == "f" \
+                and photos.ndim and photos.shape[-1] != 3:
+            # neither codes of this network nor RGB images
+            raise UserError("expected image codes %s, got shape %s" % (" or ".join(
+                "(N, %s)" % ", ".join(map(str, s)) for s in code_shapes(self.model.image_shape)),
+                photos.shape))
         else:
             codes, errors = self.encode(photos)
         if sample:
@@ -209,7 +291,9 @@ class Captioner(object):
 
         Parameters
         ----------
-        photos : path, uint8 RGB image, code vector, or a list / array of them
+        photos : path, uint8 RGB image, codes of one image, or a list / array of them
+            One image's codes: a vector ``(code_size,)``, or for a grid network
+            ``(49, 1280)`` / ``(7, 7, 1280)``.
         beam : int
             Beam width (the default method); 1 is greedy decoding.
         greedy : bool
@@ -239,11 +323,13 @@ class Captioner(object):
         UserError
             A photo is not a readable image (use :meth:`run` to skip such files).
         """
+        shape = self.model.image_shape
         single = (isinstance(photos, (str, bytes, os.PathLike))
                   or (isinstance(photos, np.ndarray)
-                      and (photos.ndim == 1 or (photos.ndim == 3 and photos.dtype == np.uint8))))
+                      and (photos.ndim == 1 or (photos.ndim == 3 and photos.dtype == np.uint8)
+                           or (photos.dtype.kind == "f" and photos.shape in code_shapes(shape)))))
         items = [photos] if single else photos
-        if isinstance(items, list) and items and _are_codes(items[0], self.model.image_shape[-1]):
+        if isinstance(items, list) and items and _are_codes(items[0], shape):
             items = np.asarray(items, np.float32)
         results = self.run(items, beam=beam, greedy=greedy, sample=sample,
                            temperature=temperature, n=n, seed=seed, max_len=max_len,
@@ -256,9 +342,68 @@ class Captioner(object):
 
 
 def _are_codes(items, code_size):
-    """Precomputed codes: a float vector or matrix whose last axis is ``code_size``."""
-    return (isinstance(items, np.ndarray) and items.dtype.kind == "f"
-            and items.ndim in (1, 2) and items.shape[-1] == code_size)
+    """Precomputed codes: a float array of one image's codes, or of several.
+
+    ``code_size``: an int or the network's image shape. Flat codes: a vector
+    or matrix whose last axis is the code size; a grid ``(L, D)``: one image
+    ``(L, D)`` / ``(s, s, D)``, or a batch ``(N, L, D)`` / ``(N, s, s, D)``.
+    """
+    if not (isinstance(items, np.ndarray) and items.dtype.kind == "f"):
+        return False
+    shapes = code_shapes(code_size)
+    return items.shape in shapes or items.shape[1:] in shapes
+
+
+def _batch_of_codes(items, image_shape):
+    """Float32 codes ``(N,) + image_shape``; a grid ``(N, s, s, D)`` is flattened row-major.
+
+    Other shapes are passed on as they are (the generator names them in a
+    one-line error).
+    """
+    codes = np.asarray(items, np.float32)
+    shape = _image_shape(image_shape)
+    if codes.ndim >= 1 and codes.shape[1:] in code_shapes(shape):
+        codes = codes.reshape((len(codes),) + shape)
+    return codes
+
+
+def attention_of(result):
+    """``(words, attention (T, L), gate (T,) or None)`` of a result's first caption.
+
+    The words of the caption, plus ``#END#`` when the network's extras
+    include the step that generated it (a caption not cut at ``max_len``).
+    """
+    from .vocab import END
+    extras = result.get("extras") or []
+    extras = extras[0] if extras else {}
+    if "attention" not in extras:
+        raise UserError("the network reported no attention for %s" % result["photo"])
+    attention = np.asarray(extras["attention"])
+    words = result["captions"][0].split()
+    if len(attention) == len(words) + 1:
+        words.append(END)
+    gate = extras.get("gate")
+    return words, attention, None if gate is None else np.asarray(gate)
+
+
+def attention_map_paths(out, photos):
+    """Where ``--attention-map OUT`` writes each photo's map.
+
+    One photo: ``OUT``. Several: ``OUT-<photo stem>.png`` (``OUT`` without
+    its extension), numbered ``-<stem>-<i>`` where stems repeat.
+
+    >>> attention_map_paths("map.png", ["a/cat.jpg"])
+    ['map.png']
+    >>> attention_map_paths("out/map.png", ["a/cat.jpg", "owl.bmp", "b/cat.jpg"])
+    ['out/map-cat-1.png', 'out/map-owl.png', 'out/map-cat-3.png']
+    """
+    out = os.fspath(out)
+    if len(photos) == 1:
+        return [out]
+    root, ext = os.path.splitext(out)
+    stems = [os.path.splitext(os.path.basename(os.fspath(p)))[0] for p in photos]
+    return ["%s-%s%s%s" % (root, stem, "-%d" % (i + 1) if stems.count(stem) > 1 else "",
+                           ext or ".png") for i, stem in enumerate(stems)]
 
 
 def build_parser():
@@ -283,6 +428,10 @@ def build_parser():
     p.add_argument("--max-len", type=int, default=20, help="at most this many words + #END#")
     p.add_argument("--keep-unk", action="store_true", help="allow #UNK# in captions")
     p.add_argument("--json", action="store_true", help="print a JSON list of results")
+    p.add_argument("--attention-map", metavar="OUT.png",
+                   help="attention networks (--decoder attention): draw where the network "
+                        "looked for each word of the (first) printed caption, with its gate, "
+                        "as a PNG; with several photos, one OUT-<photo stem>.png per photo")
     return p
 
 
@@ -300,6 +449,8 @@ def main(argv=None):
     if args.temperature != 1.0 and not args.sample:
         raise UserError("--temperature needs --sample (beam and greedy do not sample)")
     captioner = Captioner.from_checkpoint(args.checkpoint, args.model, args.vocab)
+    if args.attention_map:
+        captioner.check_attention()    # before any photo is read
     results = captioner.run(args.photos, beam=args.beam, greedy=args.greedy, sample=args.sample,
                             temperature=args.temperature, n=args.n, seed=args.seed,
                             max_len=args.max_len, suppress_unk=not args.keep_unk,
@@ -314,6 +465,17 @@ def main(argv=None):
         for r in results:
             for caption in r.get("captions", []):
                 print("%s: %s" % (r["photo"], caption))
+    if args.attention_map:
+        from .attention_map import draw_attention_map
+        # the encoder's map (7x7 for 49 regions); a region count that is not a square: a row
+        shapes = code_shapes(captioner.model.image_shape)
+        grid = shapes[-1][:2] if len(shapes) > 1 else (1, captioner.model.image_shape[0])
+        for r, out in zip(results, attention_map_paths(args.attention_map, args.photos)):
+            if "error" in r:
+                continue
+            words, attention, gate = attention_of(r)
+            draw_attention_map(r["photo"], words, attention, gate, grid=grid, path=out)
+            print("attention map of %s: %s" % (r["photo"], out), file=sys.stderr)
     return 1 if failed else 0
 
 

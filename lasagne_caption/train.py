@@ -379,7 +379,7 @@ def _train(args, given):
     if meta is not None:
         decoder = meta.get("kind") or "seminar"
         if "decoder" in given and given["decoder"] != decoder:
-            raise UserError("%s is a %s network; you gave --decoder %s. Start a new run with "
+            raise UserError("%s is a network of kind %s; you gave --decoder %s. Start a new run with "
                             "another --checkpoint" % (args.checkpoint, decoder, given["decoder"]))
     apply_decoder_defaults(args, decoder)
     if meta is not None:
@@ -396,12 +396,18 @@ def _train(args, given):
         model, meta = ckpt.resume(args.checkpoint, dataset.image_shape, args.reset_optimizer)
         start_epoch, step = meta["epoch"], meta["optimizer"]["step"]
         selection = dict(selection, **(meta.get("selection") or {}))
+        if "select_on" in given and given["select_on"] != selection["select_on"]:
+            raise UserError("%s chose its best epoch on dev %s; you gave --select-on %s. "
+                            "Start a new run with another --checkpoint"
+                            % (args.checkpoint, selection["select_on"], given["select_on"]))
+        args.select_on = selection["select_on"]
         if selection.get("learning_rate") is not None:
             model.set_learning_rate(selection["learning_rate"])
         print("resuming %s at epoch %d: keeping its network (%s, %d units), vocabulary "
               "(%d words) and learning rate %g"
               % (args.checkpoint, start_epoch, getattr(model.config, "cell", model.kind),
-                 model.config.units, len(model.vocab), model.learning_rate))
+                 model.config.units, len(model.vocab),
+                 selection.get("learning_rate") or model.learning_rate))
     else:
         model = build_model(dataset, args)
         if args.init_from:
@@ -474,8 +480,9 @@ def _train(args, given):
                 if not np.isfinite(losses[-1]):
                     raise TrainingDiverged(
                         "the training loss became %s at epoch %d, batch %d (learning rate %g): "
-                        "the parameters are no longer finite" % (losses[-1], epoch,
-                                                                 batch_no + 1, model.learning_rate))
+                        "the parameters are no longer finite"
+                        % (losses[-1], epoch, batch_no + 1,
+                           selection["learning_rate"] or model.learning_rate))
                 bar.set_postfix(loss="%.3f" % losses[-1])
             if val:
                 compile_with_notice(model, "val_step")

@@ -154,3 +154,73 @@ def test_cli_length_normalization_is_the_generators(demo_checkpoint, tflite, pho
     assert rankings[0] != rankings[-1]
     with pytest.raises(UserError, match="needs beam search"):
         captioner.caption(photos, sample=True, length_normalization=0.7)
+
+
+# -- a network over MobileNetV2's 7x7 grid (--decoder attention) -------------------------
+
+@pytest.fixture(scope="module")
+def attention_captioner(tmp_path_factory, tflite):
+    from tests.test_attention_map import write_attention_checkpoint
+    path = write_attention_checkpoint(tmp_path_factory.getbasetemp() / "attention" / "a.params")
+    return Captioner.from_checkpoint(path, encoder_model=tflite)
+
+
+def test_attention_map_needs_an_attention_network(demo_checkpoint, tflite, photos, tmp_path,
+                                                  capsys, monkeypatch):
+    def no_captioning(*args, **kwargs):
+        raise AssertionError("captioned before checking the network")
+    monkeypatch.setattr(Captioner, "run", no_captioning)
+    monkeypatch.setattr(Captioner, "encode", no_captioning)
+    with pytest.raises(SystemExit) as exit_info:
+        caption.run_cli(caption.main, [photos[0], "--checkpoint", str(demo_checkpoint),
+                                       "--model", tflite,
+                                       "--attention-map", str(tmp_path / "map.png")])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.count("\n") == 1
+    assert err == ("error: this checkpoint's network (seminar) has no attention over regions; "
+                   "train one with --decoder attention\n")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_grid_networks_read_the_mobilenet_grid(attention_captioner, tflite, tmp_path):
+    assert attention_captioner.encoder_name == ("mobilenet_v2", "grid")
+    assert attention_captioner.has_attention
+    assert caption.encoder_record({}, (49, 1280)) == ("mobilenet_v2", "grid")
+    assert caption.encoder_record({}, 1280) == ("mobilenet_v2", "pool")
+    encoder, tap = load_encoder(("mobilenet_v2", "grid"), (49, 1280), tflite)
+    assert tap == "grid"
+    with pytest.raises(UserError, match="49x1280 image codes, but encoder mobilenet_v2's pool"):
+        load_encoder(("mobilenet_v2", "pool"), (49, 1280), tflite)
+    with pytest.raises(UserError, match="12x34 image codes.*precomputed codes"):
+        load_encoder(caption.encoder_record({}, (12, 34)), (12, 34))
+    with pytest.raises(UserError, match="49x1280 mobilenet_v2 grid codes: model file"):
+        load_encoder(("mobilenet_v2", "grid"), (49, 1280), tmp_path / "missing.tflite")
+
+
+def test_precomputed_grid_codes_in_both_shapes(attention_captioner, photos):
+    cap = attention_captioner
+    grids = np.random.RandomState(0).rand(3, 7, 7, 1280).astype("float32") * 3
+    flat = grids.reshape(3, 49, 1280)
+    expected = cap.caption(flat, greedy=True)
+    assert len(expected) == 3 and all(isinstance(c, str) for c in expected)
+    assert cap.caption(grids, greedy=True) == expected
+    assert cap.caption(list(grids), greedy=True) == expected
+    assert cap.caption(grids[1], greedy=True) == expected[1]        # one image, 7x7x1280
+    assert cap.caption(flat[1], greedy=True) == expected[1]         # one image, 49x1280
+    assert cap.caption(grids.astype("float64"), beam=2) == cap.caption(flat, beam=2)
+    # region r is row r // 7, column r % 7 of the map: only a row-major flattening
+    # gives these captions
+    results = cap.run(grids, greedy=True)
+    assert [r["photo"] for r in results] == [0, 1, 2]
+    for r in results:
+        (extras,) = r["extras"]
+        assert extras["attention"].shape[1:] == (49,) and extras["gate"].ndim == 1
+        assert len(extras["attention"]) == len(extras["gate"]) >= len(r["captions"][0].split())
+    with pytest.raises(UserError, match="expected image codes"):
+        cap.caption(np.zeros((2, 48, 1280), np.float32))
+    # photos are encoded to the same grid: their codes give the same captions
+    codes, errors = cap.encode(photos)
+    assert codes.shape == (2, 49, 1280) and errors == {}
+    encoded = cap.encoder.encode(photos, taps="grid", progress=False)["grid"]
+    assert np.array_equal(codes[:, 7 * 2 + 3], encoded[:, 2, 3])
+    assert cap.caption(photos, greedy=True) == cap.caption(encoded, greedy=True)

@@ -113,3 +113,97 @@ def test_lstm_cell_rejects_mismatched_shapes():
     f = theano.function([gates, c_prev, w], LSTMCell()(gates, c_prev, w, w, w)[1])
     with pytest.raises(ValueError, match="LSTMCell"):
         f(np.zeros((2, 12), "float32"), np.zeros((2, 4), "float32"), np.zeros(4, "float32"))
+
+
+# -- AttentionScores: sum_a w_a tanh(P + s) over regions ------------------------
+def _attention_inputs(seed=3, scale=5.0, shape=(3, 4, 7)):
+    rng = np.random.RandomState(seed)
+    n, regions, size = shape
+    return [(scale * rng.randn(n, regions, size)).astype("float32"),
+            (scale * rng.randn(n, size)).astype("float32"),
+            rng.randn(size).astype("float32")]
+
+
+def _attention_reference(P, s, w):
+    return np.tanh(P.astype("float64") + s[:, None, :]).dot(w.astype("float64"))
+
+
+@pytest.fixture(scope="module")
+def attention_functions():
+    """Scores and the gradients of ``sum(g * scores)``, by the op (float32, C code) and
+    by Theano's own expression (float64)."""
+    from lasagne_caption.ops import AttentionScores
+    out = {}
+    for name, dtype in (("op", "float32"), ("theano", "float64")):
+        P, s, w = T.tensor3(dtype=dtype), T.matrix(dtype=dtype), T.vector(dtype=dtype)
+        g = T.matrix(dtype=dtype)
+        scores = (AttentionScores()(P, s, w) if name == "op"
+                  else T.dot(T.tanh(P + s.dimshuffle(0, 'x', 1)), w))
+        out[name] = theano.function([P, s, w, g], [scores] + T.grad(T.sum(g * scores), [P, s, w]))
+    return out
+
+
+def test_attention_scores_equal_the_reference_with_their_gradients(attention_functions):
+    from lasagne_caption.ops import AttentionScores, AttentionScoresGrad
+    f = attention_functions["op"]
+    ops = {type(node.op) for node in f.maker.fgraph.toposort()}
+    assert {AttentionScores, AttentionScoresGrad} <= ops      # not optimised away
+    P, s, w = _attention_inputs()
+    g = np.random.RandomState(4).randn(3, 4).astype("float32")
+    ours = f(P, s, w, g)
+    theirs = attention_functions["theano"](P, s, w, g)
+    assert all(a.dtype == np.float32 for a in ours)
+    np.testing.assert_allclose(ours[0], _attention_reference(P, s, w), rtol=1e-5, atol=1e-5)
+    for name, a, b in zip(["scores", "dP", "ds", "dw"], ours, theirs):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5, err_msg=name)
+    # not all saturated: the values of size ~5 leave gradients to check
+    assert np.abs(ours[1]).max() > 0.1
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 1), (2, 5, 3), (3, 2, 17)])
+def test_attention_scores_any_shape_and_a_reused_output(attention_functions, shape):
+    f = attention_functions["op"]
+    for seed in (0, 1):   # a second call of the same shape reuses the previous output
+        P, s, w = _attention_inputs(seed, shape=shape)
+        g = np.ones(shape[:2], "float32")
+        scores, dP, ds, dw = f(P, s, w, g)
+        assert scores.shape == shape[:2] and dP.shape == shape and ds.shape == shape[::2]
+        np.testing.assert_allclose(scores, _attention_reference(P, s, w), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(ds, dP.sum(axis=1), rtol=1e-5, atol=1e-5)
+
+
+def test_attention_scores_gradient_is_verified_numerically():
+    from lasagne_caption.ops import AttentionScores
+    rng = np.random.RandomState(5)
+    # float32 (the C code): sizes ~5 with some values near 0, where tanh is not flat
+    P, s, w = _attention_inputs(6, scale=1.0, shape=(2, 3, 4))
+    P[0] *= 5
+    theano.gradient.verify_grad(lambda *a: AttentionScores()(*a), [P, s, w], rng=rng)
+    # float64 runs perform(): the same gradient, at float64 precision
+    theano.gradient.verify_grad(lambda *a: AttentionScores()(*a),
+                                [v.astype("float64") for v in (5 * P, s, w)], rng=rng)
+
+
+def test_attention_scores_saturate_without_overflow(attention_functions):
+    f = attention_functions["op"]
+    w = np.array([0.5, -1.0, 2.0, 0.25, -0.75], "float32")
+    P = np.zeros((2, 3, 5), "float32")
+    P[0], P[1] = 50, -50
+    P[1, 2, :2] = 1e4                 # mixed signs inside one region
+    s = np.zeros((2, 5), "float32")
+    s[1, 3:] = -1e4
+    scores, dP, ds, dw = f(P, s, w, np.ones((2, 3), "float32"))
+    assert all(np.isfinite(a).all() for a in (scores, dP, ds, dw))
+    np.testing.assert_allclose(scores[0], w.sum(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(scores[1, :2], -w.sum(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(scores[1, 2], w[:2].sum() - w[2:].sum(), rtol=1e-5, atol=1e-6)
+    assert np.abs(dP).max() < 1e-5 and np.abs(ds).max() < 1e-5
+    # dw = the sum over images and regions of tanh = +-1: 3 - 2 + region (1, 2)'s signs
+    np.testing.assert_allclose(dw, [2, 2, 0, 0, 0], rtol=1e-5, atol=1e-5)
+
+
+def test_attention_scores_reject_mismatched_shapes(attention_functions):
+    f = attention_functions["op"]
+    P, s, w = _attention_inputs(shape=(2, 3, 4))
+    with pytest.raises(ValueError, match="AttentionScores: P must be"):
+        f(P, s[:, :3], w, np.ones((2, 3), "float32"))

@@ -152,7 +152,7 @@ class AttentionLSTMLayer(MergeLayer):
             weights = T.nnet.softmax(T.concatenate([scores, sentinel_score[:, None]], axis=1))
             alpha, gate = weights[:, :-1], 1 - weights[:, -1]
             ctx = (T.batched_dot(alpha, regions)
-                   + weights[:, -1:] * T.dot(sentinel, self.W_sentinel_ctx))
+                   + weights[:, -1].dimshuffle(0, 'x') * T.dot(sentinel, self.W_sentinel_ctx))
         else:
             alpha = T.nnet.softmax(scores)
             ctx = T.batched_dot(alpha, regions)

@@ -78,7 +78,7 @@ class AttentionConfig(ConfigFromDict):
 
 def param_shapes(config):
     """The parameter shapes of :func:`build_network`, in ``get_all_params`` order."""
-    n, (L, D) = config.n_tokens, config.image_shape
+    n, D = config.n_tokens, config.image_shape[1]
     E, U, A = config.embed_size, config.units, config.attention_size
     shapes = [(n, E), (D, U), (U,), (D, U), (U,),                       # embedding, h0, c0
               (E, 4 * U), (U, 4 * U), (D, 4 * U), (4 * U,),             # LSTM
