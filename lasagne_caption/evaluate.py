@@ -91,9 +91,9 @@ def evaluate(checkpoint, data=None, split="test", beam=3, max_len=20,
     if not data or not isinstance(data, (str, os.PathLike)):
         raise UserError("%s: the metadata names no dataset; pass --data" % checkpoint)
     dataset = load_dataset(data)
-    if dataset.code_size != model.config.code_size:
-        raise UserError("%s: %d-d codes, but %s was trained on %d-d codes"
-                        % (data, dataset.code_size, checkpoint, model.config.code_size))
+    if tuple(dataset.image_shape) != tuple(model.image_shape):
+        raise UserError("%s: codes of shape %s, but %s was trained on codes of shape %s"
+                        % (data, tuple(dataset.image_shape), checkpoint, tuple(model.image_shape)))
     references = references_of(dataset, split)
     stem = output_stem(checkpoint, split, beam, length_normalization, out)
     check_writable(stem)
