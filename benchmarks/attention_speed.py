@@ -40,7 +40,6 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -52,7 +51,9 @@ if __name__ == "__main__" and ROOT not in sys.path:
     # ``benchmarks`` and ``lasagne_caption`` importable from any directory
     sys.path.insert(0, ROOT)
 
-from benchmarks.bench import _median, _time_steps, torch_available  # noqa: E402
+from benchmarks import bench  # noqa: E402
+from benchmarks.bench import (_load_batches, _median, _save_batches, _time_steps,  # noqa: E402
+                              torch_available)
 
 # the attention decoder's defaults of train.py (DECODER_DEFAULTS["attention"])
 REAL = dict(embed_size=256, units=512, attention_size=256, image_shape=[49, 1280])
@@ -101,20 +102,6 @@ def grid_batches(path, n, batch, min_count=5, seed=0):
         if len(out) == n:
             break
     return out, len(vocab), list(ds.image_shape)
-
-
-def _save_batches(path, batches):
-    import numpy as np
-    arrays = {}
-    for i, (regions, sentences) in enumerate(batches):
-        arrays["regions_%d" % i], arrays["sentences_%d" % i] = regions, sentences
-    np.savez(path, **arrays)
-
-
-def _load_batches(path):
-    import numpy as np
-    with np.load(path) as f:
-        return [(f["regions_%d" % i], f["sentences_%d" % i]) for i in range(len(f.files) // 2)]
 
 
 # ---------------------------------------------------------------- workers
@@ -179,29 +166,8 @@ WORKERS = {"toolkit": worker_toolkit, "torch": worker_torch}
 
 def run_worker(kind, spec, threads=None, timeout=7200):
     """Run one worker in a fresh interpreter (threads set in its environment)."""
-    env = dict(os.environ)
-    if threads:
-        for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-            env[name] = str(threads)
-    fd, spec_path = tempfile.mkstemp(suffix=".json", prefix="attention-speed-")
-    with os.fdopen(fd, "w") as f:
-        json.dump(spec, f)
-    out_path = spec_path + ".out"
-    cmd = [sys.executable, os.path.abspath(__file__), "--worker", kind, spec_path, out_path]
-    try:
-        proc = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              timeout=timeout, text=True)
-        if proc.returncode != 0 or not os.path.exists(out_path):
-            tail = "\n".join(proc.stdout.strip().splitlines()[-8:])
-            return dict(impl=kind, error="worker exited %d: %s" % (proc.returncode, tail))
-        with open(out_path) as f:
-            return json.load(f)
-    except subprocess.TimeoutExpired:
-        return dict(impl=kind, error="timed out after %d s" % timeout)
-    finally:
-        for p in (spec_path, out_path):
-            if os.path.exists(p):
-                os.remove(p)
+    return bench.run_worker(kind, spec, env=bench._env_with_flags(None, threads),
+                            timeout=timeout, script=os.path.abspath(__file__))
 
 
 def markdown(result):

@@ -344,14 +344,19 @@ WORKERS = {"theano": worker_theano, "torch": worker_torch,
 
 # ---------------------------------------------------------------- driver
 
-def run_worker(kind, spec, env=None, timeout=3600):
-    """Run one worker in a fresh interpreter; returns its result dict (or an error)."""
+def run_worker(kind, spec, env=None, timeout=3600, script=None):
+    """Run one worker in a fresh interpreter; returns its result dict (or an error).
+
+    ``script`` is the benchmark file whose ``--worker KIND SPEC OUT`` runs it
+    (this file by default; attention_speed.py passes its own).
+    """
     fd, spec_path = tempfile.mkstemp(suffix=".json", prefix="bench-spec-")
     with os.fdopen(fd, "w") as f:
         json.dump(spec, f)
     out_path = spec_path + ".out"
-    # this file by its path: the workers start from any directory (see ROOT above)
-    cmd = [sys.executable, os.path.abspath(__file__), "--worker", kind, spec_path, out_path]
+    # the file by its path: the workers start from any directory (see ROOT above)
+    cmd = [sys.executable, script or os.path.abspath(__file__), "--worker", kind, spec_path,
+           out_path]
     try:
         proc = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                               timeout=timeout, text=True)
