@@ -143,7 +143,8 @@ def compile_with_notice(model, name):
     if model.is_compiled(name):
         return
     kind = "val_step" if name == "val_step" else "train_step"
-    if model.kind != "seminar":   # each network's compile time is recorded apart
+    # each network's compile times are recorded apart
+    if getattr(model, "kind", "seminar") != "seminar":
         kind = "%s:%s" % (model.kind, kind)
     what = {"val_step": "the validation loss",
             "train_step": "the train step for captions of any length (scan)"}.get(
