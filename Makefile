@@ -16,7 +16,20 @@ $(VENV)/.installed: setup.py
 	$(PY) -c "import lasagne_caption, theano, lasagne; print('lasagne-caption ready: theano', theano.__version__, 'BLAS:', theano.config.blas__ldflags or 'none')"
 	touch $@
 
+# the image encoder's weights where caption looks by default: linked from SHARED
+# when it has them (nothing is downloaded); otherwise say where to get them
+MOBILENET := mobilenet_v2_1.0_224_quant.tflite
+SHARED_MOBILENET := $(SHARED)/models/mobilenet_v2/$(MOBILENET)
+
 setup: $(VENV)/.installed
+	@target=$$($(PY) -c "from lasagne_caption.encoders import default_model_path; print(default_model_path())"); \
+	if [ -e "$$target" ]; then :; \
+	elif [ -f "$(SHARED_MOBILENET)" ]; then \
+	  mkdir -p "$$(dirname "$$target")" && ln -s "$$(cd "$$(dirname "$(SHARED_MOBILENET)")" && pwd)/$(MOBILENET)" "$$target" && \
+	  echo "linked the MobileNetV2 weights: $$target -> $(SHARED_MOBILENET)"; \
+	else \
+	  echo "no MobileNetV2 weights at $$target: see README (Image encoders) to fetch $(MOBILENET)"; \
+	fi
 
 data/flickr8k/image_codes.npy: | $(VENV)/.installed
 	@if [ -d "$(SHARED)/data/flickr8k" ]; then \

@@ -8,6 +8,8 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     packages=find_packages(include=["lasagne_caption", "lasagne_caption.*"]),
+    # the trained models shipped with the package (lasagne_caption.pretrained)
+    package_data={"lasagne_caption": ["shipped/*.npz", "shipped/*.npz.json", "shipped/*.md"]},
     python_requires=">=3.9,<3.12",
     install_requires=[
         # the legacy stack: these exact versions are known to import and train

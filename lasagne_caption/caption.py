@@ -2,16 +2,22 @@
 
 In a notebook::
 
-    cap = Captioner.from_checkpoint("wrote_net.params")
-    cap.caption("photo.jpg")                        # beam search, width 3
+    cap = Captioner.from_checkpoint("wrote_net.params")   # or a shipped model's name
+    cap.caption("photo.jpg")                        # beam search, the model's best setting
     cap.caption(["a.jpg", "b.jpg"], greedy=True)
     cap.caption("photo.jpg", sample=True, temperature=0.7, n=5, seed=0)
 
 From a shell::
 
-    python -m lasagne_caption.caption photo.jpg more/*.jpg --checkpoint wrote_net.params \\
+    python -m lasagne_caption.caption photo.jpg more/*.jpg [--checkpoint wrote_net.params|NAME] \\
         [--beam 3 [--length-normalization 0.7] | --greedy | --sample --temperature T] [-n K]
         [--json] [--model MODEL] [--attention-map OUT.png]
+
+Without ``--checkpoint``: ``wrote_net.params`` if it is in the current
+folder, else the shipped model :data:`lasagne_caption.pretrained.DEFAULT`
+(said on stderr); ``python -m lasagne_caption.pretrained list`` names the
+shipped models. Beam width and length normalisation default to the
+checkpoint's recorded best dev setting (metadata ``"decoding"``), else beam 3.
 
 Photos are encoded by the image encoder and feature tap that produced the
 checkpoint's training codes, as its metadata records them (``"encoder"``).
@@ -35,6 +41,7 @@ import sys
 import numpy as np
 
 from .errors import UserError, run_cli
+from .pretrained import DEFAULT, LOCAL_CHECKPOINT, model_card
 
 # code size -> the encoder that makes codes of that size: the guess for a
 # bare seminar parameter file, whose metadata does not say
@@ -42,6 +49,8 @@ ENCODER_FOR_CODE_SIZE = {1001: ("mobilenet_v2", "logits"), 1280: ("mobilenet_v2"
                          1000: ("googlenet", "logits"), 1024: ("googlenet", "pool")}
 # the same for a network over a grid of regions, image shape (L, D) -> encoder
 ENCODER_FOR_GRID = {(49, 1280): ("mobilenet_v2", "grid")}
+# decoding when a checkpoint records no best setting of its own
+DEFAULT_DECODING = {"beam": 3, "length_normalization": 0.0}
 
 
 def _image_shape(code_size):
@@ -142,33 +151,46 @@ class Captioner(object):
         (a ``(49, 1280)`` grid: MobileNetV2's ``grid``).
     """
 
-    def __init__(self, model, encoder_model=None, encoder=None):
+    def __init__(self, model, encoder_model=None, encoder=None, decoding=None):
         from .generate import CaptionGenerator
         self.model = model
         self.vocab = model.vocab
         self.generator = CaptionGenerator(model)
         self.encoder_model = encoder_model
         self.encoder_name = encoder or encoder_record(None, model.image_shape)
+        # the default beam width and length normalisation (a checkpoint's best on dev)
+        self.decoding = dict(DEFAULT_DECODING, **(decoding or {}))
         self._encoder = None
 
     @classmethod
-    def from_checkpoint(cls, path, encoder_model=None, vocab=None):
-        """Load a checkpoint written by ``python -m lasagne_caption.train``.
+    def from_checkpoint(cls, path=None, encoder_model=None, vocab=None):
+        """Load a checkpoint written by ``python -m lasagne_caption.train``, or a shipped model.
 
         Parameters
         ----------
-        path : str
-            The parameter file; its metadata (``PATH.json``) names the network
-            options and the vocabulary.
+        path : str, optional
+            The parameter file, whose metadata (``PATH.json``) names the
+            network options and the vocabulary; or a shipped model's name
+            (:func:`lasagne_caption.pretrained.names`). None: ``wrote_net.params``
+            if it is here, else the shipped default model.
         encoder_model : str, optional
             See :class:`Captioner`.
         vocab : str, optional
             A vocabulary file (``Vocabulary.save`` format) for a bare seminar
             parameter file that has no metadata.
+
+        The checkpoint's recorded decoding setting (``"decoding"`` in its
+        metadata) becomes the default of :meth:`caption` and :meth:`run`;
+        ``shipped`` says which shipped model was loaded (None for a file).
         """
-        from .checkpoint import load_model
+        from .checkpoint import load_model, read_decoding
+        from .pretrained import resolve
+        path, shipped = resolve(path)
         model, metadata = load_model(path, vocab)
-        return cls(model, encoder_model, encoder_record(metadata, model.image_shape))
+        captioner = cls(model, encoder_model, encoder_record(metadata, model.image_shape),
+                        read_decoding(metadata, path))
+        captioner.checkpoint, captioner.shipped = path, shipped
+        return captioner
 
     @property
     def has_attention(self):
@@ -195,7 +217,7 @@ class Captioner(object):
                                                         self.encoder_model)
         return self._encoder
 
-    def encode(self, photos):
+    def encode(self, photos, progress=False):
         """Codes of photos (paths or uint8 RGB arrays); unreadable files are reported.
 
         Returns
@@ -207,14 +229,15 @@ class Captioner(object):
         errors : dict
             Index in ``photos`` -> one-line message, for the others.
         """
-        encoded = self.encoder.encode(list(photos), taps=self.features, progress=False,
+        encoded = self.encoder.encode(list(photos), taps=self.features, progress=progress,
                                       skip_unreadable=True)
         codes = encoded[self.features]
         codes = codes.reshape((len(codes),) + tuple(self.model.image_shape))
         return codes, {i: message for i, _, message in encoded.failed}
 
-    def run(self, photos, beam=3, greedy=False, sample=False, temperature=1.0, n=1,
-            seed=None, max_len=20, suppress_unk=True, length_normalization=0.0):
+    def run(self, photos, beam=None, greedy=False, sample=False, temperature=1.0, n=1,
+            seed=None, max_len=20, suppress_unk=True, length_normalization=None,
+            progress=False):
         """Caption many photos (or codes); one result dict per item, failures included.
 
         Parameters
@@ -224,6 +247,8 @@ class Captioner(object):
             or ``(N, 7, 7, 1280)``.
         beam, greedy, sample, temperature, n, seed, max_len, suppress_unk, length_normalization
             See :meth:`caption`.
+        progress : bool
+            Progress bars (on stderr) for encoding the photos and captioning them.
 
         Returns
         -------
@@ -237,6 +262,8 @@ class Captioner(object):
         from .generate import check_options
         if greedy and sample:
             raise UserError("choose greedy or sample, not both")
+        beam, length_normalization = self.decoding_of(beam, length_normalization,
+                                                      beam_search=not (greedy or sample))
         check_options(beam=None if (greedy or sample) else beam, max_len=max_len,
                       temperature=temperature if sample else None, n=n,
                       seed=seed if sample else None,
@@ -255,19 +282,21 @@ class Captioner(object):
                 "(N, %s)" % ", ".join(map(str, s)) for s in code_shapes(self.model.image_shape)),
                 photos.shape))
         else:
-            codes, errors = self.encode(photos)
+            codes, errors = self.encode(photos, progress)
         if sample:
             method = "sample"
             captions, log_probs, extras = self.generator.sample(
                 codes, temperature=temperature, n=n, seed=seed, max_len=max_len,
-                suppress_unk=suppress_unk, extras=True)
+                suppress_unk=suppress_unk, extras=True, progress=progress)
         else:
             method = "greedy" if greedy else "beam%d" % beam
             captions, log_probs, extras = (
-                self.generator.greedy(codes, max_len, suppress_unk, extras=True) if greedy else
+                self.generator.greedy(codes, max_len, suppress_unk, extras=True,
+                                      progress=progress) if greedy else
                 self.generator.beam_search(codes, beam, max_len,
                                            length_normalization=length_normalization,
-                                           suppress_unk=suppress_unk, extras=True))
+                                           suppress_unk=suppress_unk, extras=True,
+                                           progress=progress))
             captions, log_probs = [[c] for c in captions], np.asarray(log_probs)[:, None]
             extras = [[x] for x in extras]
         results, row = [], 0
@@ -285,8 +314,20 @@ class Captioner(object):
             row += 1
         return results
 
-    def caption(self, photos, beam=3, greedy=False, sample=False, temperature=1.0, n=1,
-                seed=None, max_len=20, suppress_unk=True, length_normalization=0.0):
+    def decoding_of(self, beam=None, length_normalization=None, beam_search=True):
+        """``(beam, length_normalization)``: the ones given, the rest from :attr:`decoding`.
+
+        Without beam search (greedy, sampling) the default length
+        normalisation is 0: it only ranks beam hypotheses.
+        """
+        if beam is None:
+            beam = self.decoding["beam"]
+        if length_normalization is None:
+            length_normalization = self.decoding["length_normalization"] if beam_search else 0.0
+        return beam, length_normalization
+
+    def caption(self, photos, beam=None, greedy=False, sample=False, temperature=1.0, n=1,
+                seed=None, max_len=20, suppress_unk=True, length_normalization=None):
         """Caption one photo or several.
 
         Parameters
@@ -294,8 +335,9 @@ class Captioner(object):
         photos : path, uint8 RGB image, codes of one image, or a list / array of them
             One image's codes: a vector ``(code_size,)``, or for a grid network
             ``(49, 1280)`` / ``(7, 7, 1280)``.
-        beam : int
-            Beam width (the default method); 1 is greedy decoding.
+        beam : int, optional
+            Beam width (the default method); 1 is greedy decoding. Default:
+            the checkpoint's best dev setting (:attr:`decoding`), else 3.
         greedy : bool
             The most probable word at each step.
         sample : bool
@@ -307,10 +349,11 @@ class Captioner(object):
             At most this many tokens, ``#END#`` included.
         suppress_unk : bool
             Never generate ``#UNK#``.
-        length_normalization : float
+        length_normalization : float, optional
             Beam search ranks its hypotheses by ``log_prob / length ** alpha``
             (0: raw log-probabilities, which favour short captions; the
-            README's best Flickr8k setting is beam 5 with 0.7).
+            shipped Flickr8k models' best dev setting is beam 5 with 0.7).
+            Default: the checkpoint's (:attr:`decoding`), else 0.
 
         Returns
         -------
@@ -411,23 +454,29 @@ def build_parser():
         prog="python -m lasagne_caption.caption",
         description="Caption photos with a trained checkpoint (one line per caption).")
     p.add_argument("photos", nargs="+", metavar="PHOTO", help="image files")
-    p.add_argument("--checkpoint", default="wrote_net.params",
-                   help="parameter file written by lasagne_caption.train (default: %(default)s)")
+    p.add_argument("--checkpoint", metavar="FILE|NAME",
+                   help="parameter file written by lasagne_caption.train, or the name of a "
+                        "shipped model (python -m lasagne_caption.pretrained list). Default: "
+                        "wrote_net.params if it is here, else the shipped model %s" % DEFAULT)
     p.add_argument("--vocab", help="vocabulary file, for a bare seminar parameter file")
     p.add_argument("--model", help="image encoder weights, e.g. mobilenet_v2_1.0_224_quant.tflite")
     method = p.add_mutually_exclusive_group()
-    method.add_argument("--beam", type=int, default=3, help="beam width (default: %(default)s)")
+    method.add_argument("--beam", type=int,
+                        help="beam width (default: the checkpoint's best dev setting, else 3)")
     method.add_argument("--greedy", action="store_true", help="greedy decoding")
     method.add_argument("--sample", action="store_true", help="sample captions")
     p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature")
     p.add_argument("-n", type=int, default=1, help="samples per photo (with --sample)")
     p.add_argument("--seed", type=int, help="sampling seed (reproducible captions)")
-    p.add_argument("--length-normalization", type=float, default=0.0, metavar="ALPHA",
+    p.add_argument("--length-normalization", type=float, metavar="ALPHA",
                    help="beam search: rank hypotheses by log-prob / length**ALPHA "
-                        "(default: %(default)s; 0.7 with --beam 5 scored best on Flickr8k dev)")
+                        "(default: the checkpoint's best dev setting, else 0; the shipped "
+                        "Flickr8k models: 0.7 with --beam 5)")
     p.add_argument("--max-len", type=int, default=20, help="at most this many words + #END#")
     p.add_argument("--keep-unk", action="store_true", help="allow #UNK# in captions")
     p.add_argument("--json", action="store_true", help="print a JSON list of results")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bars (shown on stderr for more than one photo)")
     p.add_argument("--attention-map", metavar="OUT.png",
                    help="attention networks (--decoder attention): draw where the network "
                         "looked for each word of the (first) printed caption, with its gate, "
@@ -440,7 +489,7 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     # every option is checked before the checkpoint and the photos are read
     check_options(beam=args.beam, n=args.n, max_len=args.max_len, temperature=args.temperature,
-                  seed=args.seed, length_normalization=args.length_normalization)
+                  seed=args.seed, length_normalization=args.length_normalization or 0.0)
     if args.length_normalization and (args.greedy or args.sample):
         raise UserError("--length-normalization ranks beam hypotheses: it needs beam search, "
                         "not --%s" % ("greedy" if args.greedy else "sample"))
@@ -449,12 +498,17 @@ def main(argv=None):
     if args.temperature != 1.0 and not args.sample:
         raise UserError("--temperature needs --sample (beam and greedy do not sample)")
     captioner = Captioner.from_checkpoint(args.checkpoint, args.model, args.vocab)
+    if captioner.shipped:
+        print("using the shipped model %s (%s; its card: %s)%s"
+              % (captioner.shipped, captioner.checkpoint, model_card(captioner.shipped),
+                 "" if args.checkpoint else "; no %s here" % LOCAL_CHECKPOINT), file=sys.stderr)
     if args.attention_map:
         captioner.check_attention()    # before any photo is read
     results = captioner.run(args.photos, beam=args.beam, greedy=args.greedy, sample=args.sample,
                             temperature=args.temperature, n=args.n, seed=args.seed,
                             max_len=args.max_len, suppress_unk=not args.keep_unk,
-                            length_normalization=args.length_normalization)
+                            length_normalization=args.length_normalization,
+                            progress=len(args.photos) > 1 and not args.no_progress)
     failed = [r for r in results if "error" in r]
     for r in failed:
         print("error: %s" % r["error"], file=sys.stderr)

@@ -32,20 +32,24 @@ import zipfile
 
 import numpy as np
 
-from . import safe_pickle
+from . import packed, safe_pickle
 from .errors import UserError
 from .files import atomic_write, file_digest
 
 def safe_load_arrays(path):
     """Read a pickled list of numpy arrays (seminar ``wrote_net.params``), refusing code.
 
-    Python 2 pickles (the seminar ran on Python 2) are read with latin1.
+    Python 2 pickles (the seminar ran on Python 2) are read with latin1. A
+    packed file (a shipped model's ``.npz``, :mod:`lasagne_caption.packed`)
+    is read without pickle and gives float32 arrays the same way.
     """
     try:
         with open(path, "rb") as f:
             data = f.read()
     except FileNotFoundError:
         raise UserError("%s: checkpoint not found" % path)
+    if data[:4] == packed.ZIP_MAGIC:
+        return packed.load_packed(path)
     try:
         values = safe_pickle.loads(data, allow=safe_pickle.NUMPY_ARRAYS)
     except safe_pickle.Refused as exc:
@@ -76,21 +80,91 @@ def _state_path(path, digest):
     return "%s.state-%s.npz" % (path, digest[:16])
 
 
-def save_checkpoint(path, param_values, metadata, optimizer_values=()):
-    """Save parameters, metadata and optimizer state so that any kill leaves a good set."""
+def _encoder_path(path, digest):
+    return "%s.encoder-%s.npz" % (path, digest[:16])
+
+
+def save_checkpoint(path, param_values, metadata, optimizer_values=(), encoder_values=None):
+    """Save parameters, metadata and optimizer state so that any kill leaves a good set.
+
+    ``encoder_values``: a fine-tuned encoder head's weights (``{"Conv_1/W":
+    array, ...}``), written beside the parameters as
+    ``PATH.encoder-<hash>.npz`` (named, like the state file, after the
+    parameter file it belongs to) and recorded in the metadata's
+    ``encoder.head.file``; the parameter file itself keeps the seminar's
+    format and order.
+    """
     payload = pickle.dumps([np.asarray(v) for v in param_values], protocol=2)
     digest = hashlib.sha256(payload).hexdigest()
     metadata = dict(metadata, params_sha256=digest)
+    new_files = [_state_path(path, digest)]
+    if encoder_values is not None:
+        new_files.append(_encoder_path(path, digest))
+        encoder = dict(metadata.get("encoder") or {})
+        encoder["head"] = dict(encoder.get("head") or {}, file=os.path.basename(new_files[1]))
+        metadata["encoder"] = encoder
     meta_text = json.dumps(metadata, indent=1, sort_keys=True)
     state = {"optimizer_%03d" % i: np.asarray(v) for i, v in enumerate(optimizer_values)}
     state["metadata"] = np.array(meta_text)
-    old_states = set(glob.glob(glob.escape(path) + ".state-*.npz"))
-    new_state = _state_path(path, digest)
-    atomic_write(new_state, lambda f: np.savez(f, **state))
+    old_files = set(glob.glob(glob.escape(path) + ".state-*.npz")) \
+        | set(glob.glob(glob.escape(path) + ".encoder-*.npz"))
+    atomic_write(new_files[0], lambda f: np.savez(f, **state))
+    if encoder_values is not None:
+        atomic_write(new_files[1], lambda f: np.savez(f, **{k: np.asarray(v, np.float32)
+                                                            for k, v in encoder_values.items()}))
     atomic_write(path, lambda f: f.write(payload))
     atomic_write(metadata_path(path), lambda f: f.write(meta_text.encode("utf-8")))
-    for old in old_states - {new_state}:
+    for old in old_files - set(new_files):
         os.unlink(old)
+
+
+def load_head(path, metadata):
+    """The fine-tuned encoder head a checkpoint records, or None.
+
+    Returns ``(HeadConfig, weights)`` with ``weights`` as
+    :class:`~lasagne_caption.models.finetune.EncoderHead` takes them, read
+    from the file named in the metadata's ``encoder.head`` (without pickle).
+    """
+    from .models.finetune import HeadConfig
+    head = ((metadata or {}).get("encoder") or {}).get("head")
+    if head is None:
+        return None
+    where = metadata_path(path)
+    if not isinstance(head, dict) or not isinstance(head.get("file"), str) \
+            or os.path.basename(head["file"]) != head["file"]:
+        raise UserError('%s: "encoder.head" must name its weights file beside the checkpoint'
+                        % where)
+    try:
+        config = HeadConfig.from_dict({k: v for k, v in head.items() if k != "file"})
+    except UserError as exc:
+        raise UserError("%s: encoder head: %s" % (where, exc))
+    weights_file = os.path.join(os.path.dirname(os.path.abspath(path)), head["file"])
+    try:
+        with np.load(weights_file, allow_pickle=False) as data:
+            values = {k: data[k] for k in data.files}
+    except FileNotFoundError:
+        raise UserError("%s: the fine-tuned encoder weights %s are missing" % (path, head["file"]))
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+        raise UserError("%s: unreadable encoder weights (%s)" % (weights_file, exc))
+    weights = {}
+    for name in ("Conv_1", "Logits"):
+        if name + "/W" in values and name + "/b" in values:
+            weights[name] = (values[name + "/W"], values[name + "/b"])
+    return config, weights
+
+
+def _build(cls, config, vocabulary, path, metadata, **kwargs):
+    """``cls(config, vocabulary, **kwargs)``, with the encoder head the metadata records."""
+    head = load_head(path, metadata)
+    if head is None:
+        return cls(config, vocabulary, **kwargs)
+    from .models.finetune import EncoderHead
+    head_config, weights = head
+    try:
+        encoder_head = EncoderHead(head_config, weights)
+    except UserError as exc:
+        raise UserError("%s: %s" % (path, exc))
+    return cls(config, vocabulary, head=encoder_head, **kwargs)
 
 
 def load_metadata(path):
@@ -159,17 +233,49 @@ def make_metadata(model, dataset, epoch, step, run):
     that a resume needs or checks; see :mod:`lasagne_caption.train`.
     """
     features = dataset.meta.get("features")
+    encoder = encoder_of(features)
+    head = getattr(model, "head", None)
+    if head is not None:
+        # the file is named when saved (save_checkpoint)
+        encoder = dict(encoder or {}, head=head.config.to_dict())
     return dict({
         "format": FORMAT,
         "kind": model.kind,
         "network": model.config.to_dict(),
         "vocabulary": model.vocab.words,
         "data": {"name": dataset.name, "path": str(dataset.path), "features": features},
-        "encoder": encoder_of(features),
+        "encoder": encoder,
         "epoch": epoch,
         "optimizer": {"name": "adam", "step": step, "learning_rate": model.learning_rate},
         "learning_rate": model.learning_rate,
     }, **run)
+
+
+def read_decoding(metadata, path):
+    """The decoding setting a checkpoint's metadata recommends (``"decoding"``), checked.
+
+    Returns ``{}`` when it names none, else a dict with ``"beam"`` (int >= 1)
+    and ``"length_normalization"`` (float >= 0): the best setting on the dev
+    split, which ``caption`` and ``evaluate`` use unless told otherwise.
+
+    >>> read_decoding({"decoding": {"beam": 5, "length_normalization": 0.7}}, "m.npz")
+    {'beam': 5, 'length_normalization': 0.7}
+    >>> read_decoding({"decoding": {"beam": 0}}, "m.npz")
+    Traceback (most recent call last):
+    ...
+    lasagne_caption.errors.UserError: m.npz.json: "decoding" must be {"beam": an integer >= 1, "length_normalization": a number >= 0}
+    """
+    decoding = (metadata or {}).get("decoding")
+    if decoding is None:
+        return {}
+    beam = decoding.get("beam") if isinstance(decoding, dict) else None
+    alpha = decoding.get("length_normalization", 0.0) if isinstance(decoding, dict) else None
+    if not (isinstance(beam, int) and not isinstance(beam, bool) and beam >= 1
+            and isinstance(alpha, (int, float)) and not isinstance(alpha, bool)
+            and 0 <= alpha < float("inf")):
+        raise UserError('%s: "decoding" must be {"beam": an integer >= 1, '
+                        '"length_normalization": a number >= 0}' % metadata_path(path))
+    return {"beam": beam, "length_normalization": float(alpha)}
 
 
 def read_network(metadata, path):
@@ -302,7 +408,7 @@ def load_model(path, vocab=None):
                         % (path, metadata_path(path)))
     check_param_shapes(values, cls, config, path)
     _check_finite(values, path)
-    model = cls(config, vocabulary)
+    model = _build(cls, config, vocabulary, path, metadata)
     model.set_param_values(values, path)
     return model, metadata
 
@@ -331,7 +437,9 @@ def resume(path, image_shape=None, reset_optimizer=False):
     if metadata is None:
         raise UserError("%s has no metadata (%s)" % (path, metadata_path(path)))
     cls, config, vocabulary = read_network(metadata, path)
-    model_shape = cls.image_shape_of(config)
+    from .models.finetune import BLOCK16_SHAPE
+    head = load_head(path, metadata)
+    model_shape = cls.image_shape_of(config) if head is None else BLOCK16_SHAPE
     if image_shape is not None and tuple(image_shape) != model_shape:
         raise UserError("%s: the checkpoint expects image codes of shape %s, the data has %s"
                         % (path, model_shape, tuple(image_shape)))
@@ -342,7 +450,8 @@ def resume(path, image_shape=None, reset_optimizer=False):
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise UserError("%s: '%s' must be a whole number, not %r"
                             % (metadata_path(path), key, value))
-    model = cls(config, vocabulary, learning_rate=metadata.get("learning_rate", 1e-3))
+    model = _build(cls, config, vocabulary, path, metadata,
+                   learning_rate=metadata.get("learning_rate", 1e-3))
     model.set_param_values(values, path)
     _restore_optimizer(model, path, reset_optimizer)
     return model, metadata

@@ -5,13 +5,17 @@ captions every image of the split, scores the captions against all of each
 image's reference captions (BLEU-1..4, METEOR, ROUGE-L, CIDEr-D from
 pycocoevalcap), prints a table beside published results, and writes the
 captions (COCO results JSON) and the scores (JSON and CSV).
+
+``--checkpoint`` also takes a shipped model's name (``flickr8k-attention``);
+beam width and length normalisation default to the checkpoint's recorded best
+dev setting (metadata ``"decoding"``), else beam 3.
 """
 import argparse
 import os
 import time
 
 from . import metrics
-from .checkpoint import load_model
+from .checkpoint import load_model, read_decoding
 from .data import load_dataset
 from .errors import UserError, run_cli
 from .vocab import END, START
@@ -26,7 +30,8 @@ def references_of(dataset, split):
                                      for c in dataset.captions[i]] for i in ix}
 
 
-def caption_split(model, dataset, split, beam=3, max_len=20, length_normalization=0.0):
+def caption_split(model, dataset, split, beam=3, max_len=20, length_normalization=0.0,
+                  progress=False):
     """Generated captions ``{image name: caption}`` for every image of ``split``."""
     from .generate import CaptionGenerator
     dataset.split(split)   # one-line errors for an unknown or empty split
@@ -35,9 +40,10 @@ def caption_split(model, dataset, split, beam=3, max_len=20, length_normalizatio
     codes = dataset.codes[ix]
     if beam > 1:
         captions, _ = generator.beam_search(codes, beam=beam, max_len=max_len,
-                                            length_normalization=length_normalization)
+                                            length_normalization=length_normalization,
+                                            progress=progress)
     else:
-        captions, _ = generator.greedy(codes, max_len=max_len)
+        captions, _ = generator.greedy(codes, max_len=max_len, progress=progress)
     return {dataset.image_names[i]: c for i, c in zip(ix, captions)}
 
 
@@ -76,16 +82,32 @@ def check_writable(stem):
         raise UserError("--out %s: cannot write there (%s)" % (folder, exc.strerror or exc))
 
 
-def evaluate(checkpoint, data=None, split="test", beam=3, max_len=20,
-             length_normalization=0.0, out=None):
-    """Caption and score a split; returns ``(scores, candidates, paths written, dataset)``.
+def evaluate(checkpoint=None, data=None, split="test", beam=None, max_len=20,
+             length_normalization=None, out=None, progress=False):
+    """Caption and score a split: ``(scores, candidates, paths written, dataset, record)``.
 
-    Options, the checkpoint, the dataset and split are checked, and the output
-    folder tried, before anything is captioned.
+    ``record``: what the scores file records about the run (checkpoint,
+    split, beam, length normalisation used, captioning seconds, ...).
+
+    ``checkpoint``: a parameter file or a shipped model's name (None:
+    ``wrote_net.params`` if it is here, else the shipped default). ``beam``
+    and ``length_normalization`` default to the checkpoint's recorded
+    decoding setting, else 3 and 0. ``out`` defaults to the checkpoint's
+    folder, or the current one for a shipped model. Options, the checkpoint,
+    the dataset and split are checked, and the output folder tried, before
+    anything is captioned.
     """
     from .generate import check_options
+    from .pretrained import resolve
     check_options(beam=beam, max_len=max_len, length_normalization=length_normalization)
+    checkpoint, shipped = resolve(checkpoint)
     model, meta = load_model(checkpoint)
+    decoding = dict({"beam": 3, "length_normalization": 0.0}, **read_decoding(meta, checkpoint))
+    beam = decoding["beam"] if beam is None else beam
+    if length_normalization is None:
+        length_normalization = decoding["length_normalization"] if beam > 1 else 0.0
+    if shipped and out is None:
+        out = "."     # not into the installed package
     named = meta.get("data") if isinstance(meta, dict) else None
     data = data or (named.get("path") if isinstance(named, dict) else None)
     if not data or not isinstance(data, (str, os.PathLike)):
@@ -98,7 +120,8 @@ def evaluate(checkpoint, data=None, split="test", beam=3, max_len=20,
     stem = output_stem(checkpoint, split, beam, length_normalization, out)
     check_writable(stem)
     started = time.time()
-    candidates = caption_split(model, dataset, split, beam, max_len, length_normalization)
+    candidates = caption_split(model, dataset, split, beam, max_len, length_normalization,
+                               progress)
     seconds = time.time() - started
     scores = metrics.score_captions(references, candidates)
     metrics.write_results_json(stem + ".captions.json", candidates)
@@ -108,7 +131,7 @@ def evaluate(checkpoint, data=None, split="test", beam=3, max_len=20,
                 "caption_seconds": round(seconds, 1)}
     metrics.write_scores(stem + ".scores.json", stem + ".scores.csv", scores, meta_row)
     return scores, candidates, [stem + ".captions.json", stem + ".scores.json",
-                                stem + ".scores.csv"], dataset
+                                stem + ".scores.csv"], dataset, meta_row
 
 
 def build_parser():
@@ -117,14 +140,20 @@ def build_parser():
         description="Caption every image of a split and score the captions with BLEU-1..4, "
                     "METEOR, ROUGE-L and CIDEr-D (pycocoevalcap; METEOR needs Java).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--checkpoint", default="wrote_net.params")
+    p.add_argument("--checkpoint", metavar="FILE|NAME",
+                   help="parameter file, or a shipped model's name (default: wrote_net.params "
+                        "if it is here, else the shipped default model)")
     p.add_argument("--data", help="dataset folder (default: the one the checkpoint was trained on)")
     p.add_argument("--split", default="test", help="split to caption: train, val or test")
-    p.add_argument("--beam", type=int, default=3, help="beam width (1: greedy)")
+    p.add_argument("--beam", type=int, help="beam width, 1: greedy (default: the checkpoint's "
+                   "best dev setting, else 3)")
     p.add_argument("--max-len", type=int, default=20, help="longest caption, in tokens")
-    p.add_argument("--length-normalization", type=float, default=0.0,
-                   help="rank beam hypotheses by log-prob / length**ALPHA")
-    p.add_argument("--out", help="folder for the captions and scores (default: beside the checkpoint)")
+    p.add_argument("--length-normalization", type=float, metavar="ALPHA",
+                   help="rank beam hypotheses by log-prob / length**ALPHA (default: the "
+                        "checkpoint's best dev setting, else 0)")
+    p.add_argument("--out", help="folder for the captions and scores (default: beside the "
+                   "checkpoint; the current folder for a shipped model)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--compare", choices=["flickr8k", "none"], default=None,
                    help="published results to print beside yours (default: flickr8k for a "
                         "Flickr8k dataset)")
@@ -136,12 +165,16 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     check_options(beam=args.beam, max_len=args.max_len,
                   length_normalization=args.length_normalization)
-    scores, candidates, written, dataset = evaluate(args.checkpoint, args.data, args.split, args.beam,
-                                           args.max_len, args.length_normalization, args.out)
+    scores, candidates, written, dataset, record = evaluate(
+        args.checkpoint, args.data, args.split, args.beam, args.max_len,
+        args.length_normalization, args.out, progress=not args.no_progress)
     others = None
     if args.compare == "flickr8k" or (args.compare is None and dataset.meta.get("source") == "flickr8k"):
         others = metrics.PUBLISHED_FLICKR8K
-    print("%d %s images, beam %d" % (len(candidates), args.split, args.beam))
+    print("%s: %d %s images, beam %d%s (%.0f s)" % (
+        record["checkpoint"], len(candidates), args.split, record["beam"],
+        ", length normalisation %g" % record["length_normalization"]
+        if record["length_normalization"] else "", record["caption_seconds"]))
     print(metrics.format_table(scores, others=others))
     print("wrote " + ", ".join(written))
     return 0

@@ -120,7 +120,7 @@ class CaptionGenerator(object):
         return log_probs, states, extras
 
     # -- decoders ---------------------------------------------------------
-    def greedy(self, codes, max_len=20, suppress_unk=True, extras=False):
+    def greedy(self, codes, max_len=20, suppress_unk=True, extras=False, progress=False):
         """The most probable word at every step.
 
         Parameters
@@ -130,6 +130,8 @@ class CaptionGenerator(object):
         suppress_unk : bool
         extras : bool
             Also return what the network reported about each word.
+        progress : bool
+            A progress bar on stderr, counting images (all decoders take it).
 
         Returns
         -------
@@ -141,11 +143,11 @@ class CaptionGenerator(object):
             (``{}`` for a network that reports none).
         """
         check_options(max_len=max_len)
-        return self._chunked(self._greedy, codes, extras, max_len=max_len,
+        return self._chunked(self._greedy, codes, extras, progress, max_len=max_len,
                              suppress_unk=suppress_unk)
 
     def sample(self, codes, temperature=1.0, n=1, seed=None, max_len=20, suppress_unk=True,
-               extras=False):
+               extras=False, progress=False):
         """Draw ``n`` captions per image from the model, softmax at ``temperature``.
 
         The same ``seed`` (and the same inputs) gives the same captions.
@@ -161,14 +163,15 @@ class CaptionGenerator(object):
         check_options(temperature=temperature, n=n, max_len=max_len, seed=seed)
         rng = np.random.default_rng(seed)
         codes = np.repeat(np.asarray(codes, dtype="float32"), n, axis=0)
-        out = self._chunked(self._sample, codes, extras, rng=rng, temperature=temperature,
+        out = self._chunked(self._sample, codes, extras, progress, rng=rng,
+                            temperature=temperature,
                             max_len=max_len, suppress_unk=suppress_unk)
         groups = [[items[i:i + n] for i in range(0, len(items), n)] for items in out[::2]]
         result = (groups[0], out[1].reshape(-1, n))
         return result + (groups[1],) if extras else result
 
     def beam_search(self, codes, beam=3, max_len=20, length_normalization=0.0,
-                    suppress_unk=True, extras=False):
+                    suppress_unk=True, extras=False, progress=False):
         """The best caption among ``beam`` hypotheses kept per image and step.
 
         Finished hypotheses (ending in ``#END#``) stay in the beam with their
@@ -188,18 +191,22 @@ class CaptionGenerator(object):
             As for :meth:`greedy`: the extras of the chosen hypothesis.
         """
         check_options(beam=beam, max_len=max_len, length_normalization=length_normalization)
-        return self._chunked(self._beam_search, codes, extras, beam=beam, max_len=max_len,
-                             alpha=length_normalization, suppress_unk=suppress_unk)
+        return self._chunked(self._beam_search, codes, extras, progress, beam=beam,
+                             max_len=max_len, alpha=length_normalization,
+                             suppress_unk=suppress_unk)
 
     # -- implementation -----------------------------------------------------
-    def _chunked(self, decode, codes, extras, **kwargs):
+    def _chunked(self, decode, codes, extras, progress, **kwargs):
+        from tqdm import tqdm
         codes = self.model.check_images(codes)
         captions, log_probs, notes = [], [], []
-        for start in range(0, len(codes), self.batch_size):
-            c, lp, x = decode(codes[start:start + self.batch_size], **kwargs)
-            captions += c
-            log_probs.append(lp)
-            notes += x
+        with tqdm(total=len(codes), desc="captioning", unit="img", disable=not progress) as bar:
+            for start in range(0, len(codes), self.batch_size):
+                c, lp, x = decode(codes[start:start + self.batch_size], **kwargs)
+                captions += c
+                log_probs.append(lp)
+                notes += x
+                bar.update(len(c))
         result = (captions, np.concatenate(log_probs) if log_probs else np.zeros(0))
         return result + (notes,) if extras else result
 

@@ -66,11 +66,44 @@ def apply_decoder_defaults(args, decoder):
     return args
 
 
+def build_head(dataset, args):
+    """The encoder head to fine-tune (``--fine-tune N``), or None; checks the data.
+
+    Fine-tuning reads MobileNetV2's ``block16`` codes and starts the head from
+    the int8 model's weights (``--model``, else the encoders' default file).
+    """
+    from .models.finetune import BLOCK16_SHAPE, EncoderHead, HeadConfig
+    block16 = tuple(dataset.image_shape) == BLOCK16_SHAPE \
+        and str(dataset.meta.get("features", "")).endswith("block16")
+    if args.fine_tune is None:
+        if block16:
+            raise UserError("%s holds block16 codes, the input of MobileNetV2's last layers: "
+                            "train them with the captioner with --fine-tune N, or use logits "
+                            "or grid codes" % args.data)
+        return None
+    if not block16:
+        raise UserError("--fine-tune trains MobileNetV2's last layers on its block16 codes; %s "
+                        "has %s codes. Prepare them with `python -m lasagne_caption.data "
+                        "prepare flickr8k ... --features block16`"
+                        % (args.data, dataset.meta.get("features")))
+    from .encoders.mobilenet_v2 import head_weights
+    config = HeadConfig(output="grid" if args.decoder == "attention" else "logits",
+                        train_layers=args.fine_tune, learning_rate_scale=args.encoder_lr_scale)
+    head = EncoderHead(config, head_weights(args.model))
+    print("fine-tuning: %s of MobileNetV2's %s train at %g x the step size; block16 codes in"
+          % (" and ".join(config.trained) or "none", " + ".join(
+              reversed(("Conv_1", "pool", "Logits") if config.output == "logits"
+                       else ("Conv_1",))), config.learning_rate_scale))
+    return head
+
+
 def build_model(dataset, args):
     """A new network (``args.decoder``) from the command-line options."""
     vocab = dataset.vocabulary(min_count=args.min_count)
+    head = build_head(dataset, args)
+    image_shape = tuple(dataset.image_shape) if head is None else head.output_shape
     if args.decoder == "attention":
-        if len(dataset.image_shape) != 2:
+        if len(image_shape) != 2:
             raise UserError("--decoder attention reads image regions; %s has %s features of "
                             "shape %s. Prepare region features with `python -m "
                             "lasagne_caption.data prepare ... --features grid`"
@@ -78,20 +111,21 @@ def build_model(dataset, args):
         if args.glove:
             raise UserError("--glove is for the seminar decoder")
         config = AttentionConfig(
-            n_tokens=len(vocab), image_shape=list(dataset.image_shape),
+            n_tokens=len(vocab), image_shape=list(image_shape),
             embed_size=args.embed_size, units=args.units, attention_size=args.attention_size,
             gate=args.gate, dropout=args.dropout, doubly_stochastic=args.doubly_stochastic)
-        return AttentionModel(config, vocab, learning_rate=args.learning_rate)
+        return AttentionModel(config, vocab, learning_rate=args.learning_rate, head=head)
     embeddings = None
     if args.glove:
         embeddings, found = read_glove(args.glove, vocab)
         print("GloVe: %d of %d words found in %s" % (found, len(vocab), args.glove))
     config = NetworkConfig(
-        n_tokens=len(vocab), code_size=dataset.code_size,
+        n_tokens=len(vocab), code_size=dataset.code_size if head is None else image_shape[0],
         embed_size=args.embed_size if embeddings is None else embeddings.shape[1],
         units=args.units, image_inject=args.image_inject, cell=args.cell,
         freeze_embeddings=args.freeze_embeddings)
-    return SeminarModel(config, vocab, learning_rate=args.learning_rate, embeddings=embeddings)
+    return SeminarModel(config, vocab, learning_rate=args.learning_rate, embeddings=embeddings,
+                        head=head)
 
 
 def run_options(args):
@@ -337,6 +371,15 @@ def check_resume(meta, dataset, args, given):
             raise UserError("%s was started with --%s %s; you gave %s. It only applies to a "
                             "new run: drop it, or start a new run with another --checkpoint"
                             % (where, option.replace("_", "-"), meta[option], given[option]))
+    head = (meta.get("encoder") or {}).get("head") or {}
+    for option, key in (("fine_tune", "train_layers"), ("encoder_lr_scale", "learning_rate_scale")):
+        if option in given and given[option] != head.get(key):
+            raise UserError("%s was trained with %s; you gave --%s %s. A resume keeps the "
+                            "checkpoint's encoder: drop the option, or start a new run with "
+                            "another --checkpoint"
+                            % (where, "--%s %s" % (option.replace("_", "-"), head[key])
+                               if key in head else "a frozen encoder (no --fine-tune)",
+                               option.replace("_", "-"), given[option]))
     lr = meta.get("learning_rate")
     if "learning_rate" in given and lr is not None and given["learning_rate"] != lr:
         raise UserError("%s was trained with --learning-rate %g; you gave %g. A resume keeps "
@@ -439,19 +482,19 @@ def _train(args, given):
 
     def snapshot(epoch):
         return (epoch, step, model.get_param_values(), [v.get_value() for v in optimizer],
-                dict(selection))
+                dict(selection), head_values(model))
 
     def save(snap):
-        epoch, at_step, params, opt, sel = snap
+        epoch, at_step, params, opt, sel, head = snap
         ckpt.save_checkpoint(args.checkpoint, params,
                              ckpt.make_metadata(model, dataset, epoch, at_step, run_record(sel)),
-                             opt)
+                             opt, encoder_values=head)
         write_log(log_csv, log_png, log)
         if args.keep_every and epoch % args.keep_every == 0:
             # a copy per chosen epoch, to pick the number of epochs on dev later
             ckpt.save_checkpoint(kept_path(args.checkpoint, epoch), params,
                                  ckpt.make_metadata(model, dataset, epoch, at_step,
-                                                    run_record(sel)), opt)
+                                                    run_record(sel)), opt, encoder_values=head)
 
     last = snapshot(start_epoch)
     saved_epoch = start_epoch
@@ -555,6 +598,11 @@ def dev_scores(model, dataset, args):
 SELECT_KEYS = {"BLEU-4": "BLEU-4", "CIDEr-D": "CIDEr-D"}
 
 
+def head_values(model):
+    """The fine-tuned encoder head's weights (saved beside the parameters), or None."""
+    return None if model.head is None else model.head.get_values()
+
+
 def select(model, selection, scores, epoch, args, dataset, step):
     """Keep the best-on-dev parameters; decay the step size or stop when dev stalls.
 
@@ -567,7 +615,8 @@ def select(model, selection, scores, epoch, args, dataset, step):
         meta = ckpt.make_metadata(model, dataset, epoch, step,
                                   dict(run_options(args), selection=dict(selection),
                                        dev_scores=scores))
-        ckpt.save_checkpoint(path, model.get_param_values(), meta)
+        ckpt.save_checkpoint(path, model.get_param_values(), meta,
+                             encoder_values=head_values(model))
         return "  (best so far: %s)" % os.path.basename(path)
     selection["bad_epochs"] += 1
     note = "  (best: epoch %d)" % selection["best_epoch"]
@@ -611,7 +660,8 @@ def build_parser():
                    help="resume with fresh Adam moments when the saved optimizer state is "
                         "missing or damaged")
     p.add_argument("--init-from", metavar="PARAMS",
-                   help="start from the weights of a seminar parameter file")
+                   help="start from the weights of a seminar parameter file (or a checkpoint "
+                        "of the same network, e.g. to fine-tune the encoder as a second stage)")
     p.add_argument("--save-every", type=int, default=5, help="save every N epochs")
     p.add_argument("--keep-every", type=int, default=0, metavar="N",
                    help="also keep a copy of every N-th epoch's checkpoint "
@@ -642,6 +692,17 @@ def build_parser():
     att.add_argument("--dropout", type=float, default=0.5, help="dropout before the word softmax")
     att.add_argument("--doubly-stochastic", type=float, default=1.0, metavar="LAMBDA",
                      help="weight of the term that makes every region attended over a caption")
+    fine = p.add_argument_group(
+        "fine-tuning the encoder's last layers (data prepared with --features block16)")
+    fine.add_argument("--fine-tune", type=int, metavar="N",
+                      help="train MobileNetV2's last N layers with the captioner: the seminar "
+                           "network 1 (logits) or 2 (+ Conv_1), the attention network 1 "
+                           "(Conv_1); 0 keeps them frozen (the baseline)")
+    fine.add_argument("--encoder-lr-scale", type=float, default=0.1, metavar="S",
+                      help="the encoder's step size as a fraction of --learning-rate")
+    fine.add_argument("--model", metavar="TFLITE",
+                      help="MobileNetV2 .tflite whose weights start the encoder's layers "
+                           "(default: the encoders' default file)")
     dev = p.add_argument_group("model selection on the dev (val) split")
     dev.add_argument("--dev-every", type=int, default=None, metavar="N",
                      help="caption the dev split with beam search every N epochs, log BLEU-4 and "

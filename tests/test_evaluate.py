@@ -22,9 +22,10 @@ def test_references_are_every_caption_of_the_split(demo_checkpoint):
 
 
 def test_evaluate_writes_results_and_scores(demo_checkpoint, tmp_path):
-    scores, candidates, written, _ = evaluate(str(demo_checkpoint), split="test", beam=2,
-                                              out=str(tmp_path))
+    scores, candidates, written, _, record = evaluate(str(demo_checkpoint), split="test", beam=2,
+                                                      out=str(tmp_path))
     assert len(candidates) == 1000
+    assert (record["beam"], record["length_normalization"]) == (2, 0.0)
     results = json.load(open(written[0]))
     assert len(results) == 1000 and set(results[0]) == {"image_id", "caption"}
     saved = json.load(open(written[1]))

@@ -1,11 +1,13 @@
-"""The notebooks run top to bottom: apply_trained_model.ipynb on a freshly trained small
-model, and seminar.ipynb (the seminar's own notebook, ported) for a few batches, whose
+"""The notebooks run top to bottom: apply_trained_model.ipynb on the shipped models (and
+committed with its outputs), on a checkpoint of one's own, and seminar.ipynb (the seminar's own notebook, ported) for a few batches, whose
 wrote_net.params then gives the same captions in the toolkit's CLI."""
+import base64
 import contextlib
 import json
 import os
 import pathlib
 import pickle
+import re
 import shutil
 import subprocess
 import sys
@@ -21,27 +23,77 @@ SEMINAR_MODULES = ("broadcast.py", "pretrained_lenet.py")
 MOBILENET = pathlib.Path("models") / "mobilenet_v2" / "mobilenet_v2_1.0_224_quant.tflite"
 
 
-def test_notebook_runs_top_to_bottom(demo_checkpoint, shared_dir, monkeypatch):
+def _streams(notebook):
+    """Lines printed by the notebook's code cells (stdout), in order."""
+    return "".join(out.get("text", "") for cell in notebook.cells if cell.cell_type == "code"
+                   for out in cell.outputs
+                   if out.output_type == "stream" and out.get("name") == "stdout").splitlines()
+
+
+def _pngs(notebook):
+    return [out for cell in notebook.cells if cell.cell_type == "code" for out in cell.outputs
+            if "image/png" in out.get("data", {})]
+
+
+def test_apply_trained_model_is_committed_with_its_outputs():
+    """It reads without running: the photos, their captions and attention maps are in it."""
+    nbformat = pytest.importorskip("nbformat")
+    notebook = nbformat.read(str(NOTEBOOK), as_version=4)
+    lines = _streams(notebook)
+    assert "shipped model flickr8k-seminar" in lines
+    for label in ("greedy:", "beam 3:", "beam (default):"):
+        assert any(line.startswith(label) and len(line.split()) > 3 for line in lines), label
+    assert sum(line.startswith("sample: ") for line in lines) == 5
+    photos = ["bird.bmp", "cat.bmp", "grace_hopper.bmp", "hot_dog.jpg", "kite_and_cold.jpg",
+              "owl.jpg", "parrot.jpg"]                      # shared/data/samples
+    for name in photos:
+        assert any(line.startswith(name + ": ") for line in lines), name
+    assert sum("attention: " in line for line in lines) >= len(photos)
+    # the test photo, the sample photos, two attention maps
+    assert len(_pngs(notebook)) == 4
+    for out in _pngs(notebook):
+        assert base64.b64decode(out["data"]["image/png"])[:8] == b"\x89PNG\r\n\x1a\n"
+    counts = [cell.execution_count for cell in notebook.cells if cell.cell_type == "code"]
+    assert counts == list(range(1, len(counts) + 1))      # executed top to bottom, once
+    assert not any(out.output_type == "error" for cell in notebook.cells
+                   if cell.cell_type == "code" for out in cell.outputs)
+    assert "/work/" not in json.dumps([c.get("outputs", []) for c in notebook.cells])
+
+
+def test_apply_trained_model_runs_and_gives_its_committed_captions(shared_dir, monkeypatch):
+    """CI runs it on the shipped models: the captions it prints are the committed ones."""
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")
-    # the kernel inherits the environment: it reads both variables
-    monkeypatch.setenv("LASAGNE_CAPTION_CHECKPOINT", str(demo_checkpoint))
+    # the kernel inherits the environment
     monkeypatch.setenv("LASAGNE_CAPTION_SHARED", str(shared_dir))
+    monkeypatch.delenv("LASAGNE_CAPTION_CHECKPOINT", raising=False)
+    monkeypatch.delenv("LASAGNE_CAPTION_ATTENTION_CHECKPOINT", raising=False)
+    committed = nbformat.read(str(NOTEBOOK), as_version=4)
     notebook = nbformat.read(str(NOTEBOOK), as_version=4)
     # "python3" is ipykernel's spec; jupyter_client starts it with this interpreter
     nbclient.NotebookClient(notebook, timeout=900, kernel_name="python3",
                             resources={"metadata": {"path": str(NOTEBOOK.parent)}}).execute()
+    # captions are decisions: the same on any CPU (float32's last bits do not move them)
+    assert _streams(notebook) == _streams(committed)
+    assert len(_pngs(notebook)) == 4
 
-    text = "".join(out.get("text", "") for cell in notebook.cells if cell.cell_type == "code"
-                   for out in cell.outputs if out.output_type == "stream")
-    lines = text.splitlines()
-    for label in ("greedy:", "beam 3:"):
-        assert any(line.startswith(label) and line[len(label):].strip() for line in lines), text
+
+def test_apply_trained_model_takes_a_checkpoint_of_ones_own(demo_checkpoint, shared_dir,
+                                                            monkeypatch):
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    monkeypatch.setenv("LASAGNE_CAPTION_CHECKPOINT", str(demo_checkpoint))
+    monkeypatch.setenv("LASAGNE_CAPTION_SHARED", str(shared_dir))
+    notebook = nbformat.read(str(NOTEBOOK), as_version=4)
+    # the cells up to the captions of the test photo
+    notebook.cells = notebook.cells[:8]
+    nbclient.NotebookClient(notebook, timeout=900, kernel_name="python3",
+                            resources={"metadata": {"path": str(NOTEBOOK.parent)}}).execute()
+    lines = _streams(notebook)
+    assert lines[0] == str(demo_checkpoint)
+    assert any(line.startswith("default decoding: {'beam': 3, 'length_normalization': 0.0}")
+               for line in lines)
     assert sum(line.startswith("sample: ") for line in lines) == 5
-    assert any(line.startswith("cat.bmp: ") for line in lines)
-    images = [out for cell in notebook.cells if cell.cell_type == "code" for out in cell.outputs
-              if "image/png" in out.get("data", {})]
-    assert len(images) == 2     # the photo and the grid of sample photos
 
 
 # -- seminar.ipynb --------------------------------------------------------------
@@ -253,3 +305,174 @@ def test_pretrained_lenet_preprocess_and_model_are_the_recipes():
         shapes = [p.get_value().shape for p in lasagne.layers.get_all_params(lenet["prob"])]
         assert shapes == expected_param_shapes()
         assert lenet["loss3/classifier"].output_shape == (None, 1000)
+
+
+# -- train_seminar.ipynb ------------------------------------------------------------
+
+TRAIN_SEMINAR = ROOT / "notebooks" / "train_seminar.ipynb"
+# the loop's line per epoch: "epoch 1/5  train 5.9678  val 5.0754  (63.2 s)"
+EPOCH_LINE = re.compile(r"epoch (\d+)/(\d+)  train (\S+)  val (\S+)  \(")
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _epoch_lines(notebook):
+    """(epoch, epochs, train loss, val loss) of each epoch line the notebook printed."""
+    return [(int(m.group(1)), int(m.group(2)), float(m.group(3)), float(m.group(4)))
+            for m in map(EPOCH_LINE.match, _stdout(notebook).splitlines()) if m]
+
+
+def _png_outputs(cell):
+    return [base64.b64decode(out["data"]["image/png"]) for out in cell.outputs
+            if "image/png" in out.get("data", {})]
+
+
+def _code_cell(notebook, snippet):
+    """The one code cell whose source holds ``snippet``."""
+    cells = [c for c in notebook.cells if c.cell_type == "code" and snippet in c.source]
+    assert len(cells) == 1, snippet
+    return cells[0]
+
+
+def _labelled(notebook, label):
+    """The text after ``label`` on the notebook's stdout lines that start with it."""
+    return [line[len(label):].strip() for line in _stdout(notebook).splitlines()
+            if line.startswith(label)]
+
+
+@pytest.fixture(scope="module")
+def train_seminar_run(tmp_path_factory, shared_dir):
+    """train_seminar.ipynb executed in a scratch copy: 1 epoch of 3 batches on a fresh
+    Flickr8k preparation. Returns (the folder it saved to, executed notebook)."""
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    base = tmp_path_factory.mktemp("train_seminar")
+    data = base / "flickr8k"
+    subprocess.run([sys.executable, "-m", "lasagne_caption.data", "prepare", "flickr8k",
+                    "--source", str(shared_dir / "data" / "flickr8k"), "--out", str(data)],
+                   check=True, stdout=subprocess.DEVNULL)
+    work, out = base / "notebooks", base / "out"
+    work.mkdir()
+    notebook = nbformat.read(str(TRAIN_SEMINAR), as_version=4)
+    env = {
+        "LASAGNE_CAPTION_EPOCHS": "1",
+        "LASAGNE_CAPTION_BATCHES_PER_EPOCH": "3",
+        "LASAGNE_CAPTION_VAL_BATCHES": "1",
+        "LASAGNE_CAPTION_DATA": str(data),
+        "LASAGNE_CAPTION_SHARED": str(shared_dir),
+        "LASAGNE_CAPTION_OUT": str(out),
+    }
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in env.items():
+            mp.setenv(key, value)      # the kernel inherits the environment
+        nbclient.NotebookClient(notebook, timeout=900, kernel_name="python3",
+                                resources={"metadata": {"path": str(work)}}).execute()
+    return out, notebook
+
+
+def test_train_seminar_notebook_trains_plots_and_captions(train_seminar_run):
+    out, notebook = train_seminar_run
+    epochs = _epoch_lines(notebook)
+    assert len(epochs) == 1, _stdout(notebook)
+    epoch, total, train_loss, val_loss = epochs[0]
+    assert (epoch, total) == (1, 1)
+    # 3 Adam steps from random weights: still near the uniform guess ln(2537) = 7.84
+    assert np.isfinite([train_loss, val_loss]).all()
+    assert 6.0 < train_loss < 8.5 and 6.0 < val_loss < 8.5, epochs
+    # the loss plot and the photo, both real PNG images
+    plot = _png_outputs(_code_cell(notebook, "ax.plot(epochs, train_losses"))
+    assert len(plot) == 1 and plot[0].startswith(PNG_SIGNATURE) and len(plot[0]) > 5000
+    photo = _png_outputs(_code_cell(notebook, 'captioner = Captioner(model'))
+    assert len(photo) == 1 and photo[0].startswith(PNG_SIGNATURE)
+    for label in ("greedy:", "beam 3:", "reloaded, beam 3:"):
+        captions = _labelled(notebook, label)
+        assert len(captions) == 1 and captions[0], (label, _stdout(notebook))
+    # the saved network captions as the trained one did
+    assert _labelled(notebook, "reloaded, beam 3:") == _labelled(notebook, "beam 3:")
+    assert _labelled(notebook, "saved") == [str(out / "wrote_net.params")]
+    assert not [o for c in notebook.cells if c.cell_type == "code" for o in c.outputs
+                if o.output_type == "error"]
+
+
+def test_train_seminar_checkpoint_captions_like_the_notebook_in_the_cli(train_seminar_run,
+                                                                        shared_dir):
+    from lasagne_caption.checkpoint import load_model
+
+    out, notebook = train_seminar_run
+    params = out / "wrote_net.params"
+    model, metadata = load_model(str(params))
+    assert (metadata["epoch"], metadata["optimizer"]["step"]) == (1, 3)
+    assert metadata["kind"] == "seminar" and metadata["encoder"] == \
+        {"name": "mobilenet_v2", "tap": "logits"}
+    config = model.config
+    assert (config.code_size, config.embed_size, config.units, config.dropout) == \
+        (1001, 128, 200, 0.5)
+    owl = shared_dir / "data" / "samples" / "owl.jpg"
+    got = {}
+    for method in ("--greedy", "--beam"):
+        result = subprocess.run(
+            [sys.executable, "-m", "lasagne_caption.caption", str(owl), "--checkpoint",
+             str(params), "--model", str(shared_dir / MOBILENET), "--json",
+             *([method] if method == "--greedy" else [method, "3"])],
+            check=True, capture_output=True, text=True).stdout
+        got[method] = json.loads(result)[0]["captions"]
+    assert got["--greedy"] == _labelled(notebook, "greedy:")
+    assert got["--beam"] == _labelled(notebook, "beam 3:")
+
+
+def test_train_seminar_notebook_without_data_says_make_data(tmp_path, shared_dir, monkeypatch):
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    from nbclient.exceptions import CellExecutionError
+
+    missing = tmp_path / "no-such-dataset"
+    monkeypatch.setenv("LASAGNE_CAPTION_DATA", str(missing))
+    monkeypatch.setenv("LASAGNE_CAPTION_SHARED", str(shared_dir))
+    monkeypatch.setenv("LASAGNE_CAPTION_OUT", str(tmp_path / "out"))
+    notebook = nbformat.read(str(TRAIN_SEMINAR), as_version=4)
+    code = [c for c in notebook.cells if c.cell_type == "code"]
+    for cell in code:      # the committed outputs, cleared: what runs now shows
+        cell.outputs, cell.execution_count = [], None
+    with pytest.raises(CellExecutionError):
+        nbclient.NotebookClient(notebook, timeout=600, kernel_name="python3",
+                                resources={"metadata": {"path": str(tmp_path)}}).execute()
+    data_cell = _code_cell(notebook, "load_dataset(DATA)")
+    errors = [o for o in data_cell.outputs if o.output_type == "error"]
+    # one line, no traceback: where it looked and how to prepare the data
+    assert len(errors) == 1 and len(errors[0].traceback) == 1, errors
+    line = errors[0].traceback[0]
+    assert "\n" not in line and str(missing) in line and "make data" in line
+    # and nothing after it ran
+    after = code[code.index(data_cell) + 1:]
+    assert after and all(c.execution_count is None and c.outputs == [] for c in after)
+    assert not (tmp_path / "out").exists()
+
+
+def test_train_seminar_notebook_is_committed_executed():
+    nbformat = pytest.importorskip("nbformat")
+    notebook = nbformat.read(str(TRAIN_SEMINAR), as_version=4)
+    nbformat.validate(notebook)
+    code = [c for c in notebook.cells if c.cell_type == "code"]
+    # run top to bottom in one kernel, with its outputs saved
+    assert [c.execution_count for c in code] == list(range(1, len(code) + 1))
+    assert code[0].source.startswith("import lasagne_caption")
+    outputs = [o for c in code for o in c.outputs]
+    assert not [o for o in outputs if o.output_type == "error"]
+    # the default run: 5 epochs of the seminar's 50 batches, losses falling
+    epochs = _epoch_lines(notebook)
+    assert [(e, n) for e, n, _, _ in epochs] == [(e, 5) for e in range(1, 6)]
+    train, val = np.array([e[2] for e in epochs]), np.array([e[3] for e in epochs])
+    assert np.isfinite(train).all() and np.isfinite(val).all()
+    assert (np.diff(train) < 0).all() and (np.diff(val) < 0).all()
+    # epoch 1 is python -m lasagne_caption.train's, as a markdown cell says
+    assert epochs[0][2:] == (5.9678, 5.0754)
+    assert any("train 5.9678  val 5.0754" in c.source for c in notebook.cells
+               if c.cell_type == "markdown")
+    assert _png_outputs(_code_cell(notebook, "ax.plot(epochs, train_losses"))
+    assert len([png for c in code for png in _png_outputs(c)]) == 2   # plot and photo
+    for label in ("greedy:", "beam 3:", "saved"):
+        assert _labelled(notebook, label) and all(_labelled(notebook, label)), label
+    # the outputs name folders relative to notebooks/, nothing of the machine that ran it
+    text = json.dumps([o for o in outputs if o.output_type == "stream"])
+    for prefix in ("/work/", "/root/", "/home/", "/tmp/", "/Users/"):
+        assert prefix not in text, prefix
+    assert _labelled(notebook, "saved") == ["../runs/train_seminar/wrote_net.params"]

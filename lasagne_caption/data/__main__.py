@@ -47,9 +47,12 @@ def _parser():
             sub.add_argument("--features", choices=sorted(FLICKR_FEATURES) + list(GRID_FEATURES),
                              default="logits",
                              help="which MobileNetV2 codes: logits or pool (precomputed in "
-                                  "codes/, else encoded from images/), or grid (the 7x7x1280 "
-                                  "Conv_1 map per photo, encoded from images/ and stored as "
-                                  "uint8, 62,720 bytes a photo) (default: logits)")
+                                  "codes/, else encoded from images/); grid (the 7x7x1280 "
+                                  "Conv_1 map per photo, 62,720 bytes a photo) or block16 "
+                                  "(the 7x7x320 output of the last inverted-residual block, "
+                                  "expanded_conv_16/project, Conv_1's input, 15,680 bytes a "
+                                  "photo), both encoded from images/ and stored as uint8 "
+                                  "(default: logits)")
             sub.add_argument("--model", help="MobileNetV2 .tflite file, to encode photos when "
                                              "the source has no codes/")
         if kind == "coco":

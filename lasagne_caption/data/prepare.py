@@ -5,7 +5,9 @@
   ``codes/`` (MobileNetV2 logits or pooled features), or photos in
   ``images/`` that :func:`encode_images` encodes; the official split, with
   ``dev`` called ``val``. ``features="grid"`` encodes the photos into
-  MobileNetV2's 7x7x1280 map, stored as uint8 (:func:`prepare_grid`);
+  MobileNetV2's 7x7x1280 map, ``features="block16"`` into the 7x7x320 output
+  of its last inverted-residual block (the input of ``Conv_1``), stored as
+  uint8 (:func:`prepare_grid`);
 * MS-COCO (:func:`prepare_coco`): a captions JSON, with codes given by the
   user; :func:`~lasagne_caption.data.dataset.default_splits`;
 * the seminar (:func:`prepare_seminar`): ``image_codes.npy`` +
@@ -34,7 +36,7 @@ FLICKR_SPLITS = {"train": "Flickr_8k.trainImages.txt", "val": "Flickr_8k.devImag
                  "test": "Flickr_8k.testImages.txt"}
 FLICKR_FEATURES = {"logits": "mobilenet_v2_logits.npy", "pool": "mobilenet_v2_pool.npy"}
 # spatial MobileNetV2 taps, encoded from the photos and stored as uint8 -> the tensor they are
-GRID_FEATURES = ("grid",)
+GRID_FEATURES = ("grid", "block16")
 GRID_TENSORS = {"grid": "Conv_1", "block16": "expanded_conv_16/project"}
 
 
@@ -100,6 +102,11 @@ def prepare_flickr8k(source, out_dir, features="logits", force=False, model_path
     captioned photo in ``images/`` (there are no precomputed grids), encoded
     ``batch_size`` photos at a time and stored as uint8 [N, 49, 1280] with the
     model's own scale and zero point of that tensor (:func:`prepare_grid`).
+    ``features="block16"``: the same for the 7x7x320 output of the last
+    inverted-residual block (``expanded_conv_16/project``, Conv_1's input),
+    uint8 [N, 49, 320], for a network that trains MobileNetV2's head
+    (Conv_1, the pooling, the logits) itself. ``dataset.json`` records the
+    features as ``"mobilenet_v2_" + features`` (the encoder and its tap).
 
     Returns
     -------

@@ -29,6 +29,10 @@ first layer.
 grid of that tensor in the file (its scale / zero point), as the int8 runtime
 does, so the codes match the reference runtime's closely; ``fake_quant=False``
 runs plain float math with the dequantised weights (ReLU6 clamps only).
+
+:func:`head_weights` gives the float weights of the head after ``block16``
+(``Conv_1`` and the logits layer) in the dense layout of
+:mod:`lasagne_caption.layers.encoder_head`, to train it with a captioner.
 """
 import os
 import threading
@@ -41,7 +45,8 @@ from .model_files import MODEL_FILES, missing_model_message
 from .tflite import load_tflite, dequantize
 
 __all__ = ["build_model", "load_weights", "tap_outputs", "MobileNetV2Encoder", "BLOCKS",
-           "MODEL_FILENAME", "MODEL_URL", "INPUT_SIZE", "TAP_SHAPES"]
+           "MODEL_FILENAME", "MODEL_URL", "INPUT_SIZE", "TAP_SHAPES", "head_weights",
+           "head_quantization", "HEAD_TAPS"]
 
 MODEL_FILENAME = MODEL_FILES["mobilenet_v2"].file_name
 MODEL_URL = MODEL_FILES["mobilenet_v2"].url
@@ -343,3 +348,86 @@ def read_labels(path):
             return [line.strip() for line in f if line.strip()]
     except OSError as exc:
         raise UserError("cannot read labels file %s: %s" % (path, exc.strerror or exc))
+
+
+# ---- the head after block16 (Conv_1, the average pool, the logits), as float weights
+
+#: tap -> the scope of the tensor it is: the head's input and its three outputs
+HEAD_TAPS = {"block16": "expanded_conv_16/project", "grid": "Conv_1", "pool": "Logits/AvgPool",
+             "logits": "Logits/Conv2d_1c_1x1"}
+
+
+def _head_model_path(model_path):
+    from .model_files import default_model_path
+    path = os.path.expanduser(os.fspath(model_path if model_path is not None
+                                        else default_model_path("mobilenet_v2")))
+    if not os.path.isfile(path):
+        raise UserError(missing_model_message(path, "mobilenet_v2"))
+    return path
+
+
+def head_weights(model_path=None):
+    """The dequantised float32 weights of MobileNetV2's ``Conv_1`` and logits layer.
+
+    The head after the last inverted-residual block (``block16``, 7x7x320):
+    ``Conv_1``, a 1x1 convolution 320 -> 1280 whose batch norm the file has
+    folded into its weights and bias (``Conv_1/Conv2D_Fold``,
+    ``Conv_1/BatchNorm_Fold/bias``), ReLU6 fused into the operator; the 7x7
+    average pool; ``Logits/Conv2d_1c_1x1``, a 1x1 convolution 1280 -> 1001 of
+    the pooled map, i.e. a dense layer, with a plain bias.
+
+    These are the real values the int8 model represents. This file (TF1
+    quantisation-aware training) quantises every weight tensor per tensor:
+    uint8 with one scale and zero point, ``W = scale * (q - zero_point)``;
+    every bias is int32 with zero point 0 in the unit TFLite defines for it,
+    the accumulator's ``input_scale * weight_scale``: ``b = q * input_scale *
+    weight_scale`` (the file's bias scale is that product to float32
+    rounding). They are the arrays :func:`read_tflite_weights` gives the
+    encoder's own layers, in the dense layout ``y = x W + b``.
+
+    Parameters
+    ----------
+    model_path : path, optional
+        ``mobilenet_v2_1.0_224_quant.tflite`` (default: the encoders' cache location).
+
+    Returns
+    -------
+    dict
+        ``{"Conv_1": (W (320, 1280), b (1280,)), "Logits": (W (1280, 1001), b (1001,))}``,
+        float32 (class 0 of the logits = background): the ``weights`` of
+        :func:`lasagne_caption.layers.encoder_head.mobilenet_v2_head`
+        (``conv_1=w["Conv_1"], logits=w["Logits"]``).
+
+    Raises
+    ------
+    UserError
+        A missing or damaged file, or one that is not MobileNetV2 1.0/224.
+    """
+    path = _head_model_path(model_path)
+    params, _out_quant, _input_quant = read_tflite_weights(path)
+    expected = {"Conv_1": ((1280, 320, 1, 1), (1280,)),       # OIHW, as the encoder's layer
+                "Logits/Conv2d_1c_1x1": ((1280, NUM_CLASSES), (NUM_CLASSES,))}
+    for scope, shapes in expected.items():
+        got = tuple(a.shape for a in params[scope]) if scope in params else None
+        if got != shapes:
+            raise UserError("%s is not a MobileNetV2 1.0/224 model: %s has weights %s, "
+                            "expected %s" % (path, scope, got, shapes))
+    w, b = params["Conv_1"]
+    conv_1 = (np.ascontiguousarray(w[:, :, 0, 0].T, dtype=np.float32), b.astype(np.float32))
+    w, b = params["Logits/Conv2d_1c_1x1"]
+    logits = (np.ascontiguousarray(w, dtype=np.float32), b.astype(np.float32))
+    return {"Conv_1": conv_1, "Logits": logits}
+
+
+def head_quantization(model_path=None):
+    """``{tap: (scale, zero_point)}`` of the int8 model's uint8 tensors around the head:
+    ``block16`` (its input), ``grid`` (Conv_1's output), ``pool``, ``logits``
+    (:data:`HEAD_TAPS`); a float head differs from the encoder's taps by about
+    one such step (``tests/layers/test_encoder_head.py``)."""
+    path = _head_model_path(model_path)
+    _params, out_quant, _input_quant = read_tflite_weights(path)
+    missing = [scope for scope in HEAD_TAPS.values() if scope not in out_quant]
+    if missing:
+        raise UserError("%s: the output of %s is not quantised; not an int8 MobileNetV2 model"
+                        % (path, missing[0]))
+    return {tap: out_quant[scope] for tap, scope in HEAD_TAPS.items()}

@@ -5,7 +5,7 @@ registry import it; it imports none of them.
 
 Model files are never downloaded at run time. ``model_path=None`` means the
 documented default location, ``~/.cache/lasagne-caption/models/<file>``
-(``$XDG_CACHE_HOME`` aware); a missing file gives a :class:`UserError` that
+(``$XDG_CACHE_HOME`` aware; ``$LASAGNE_CAPTION_MODELS`` names another folder); a missing file gives a :class:`UserError` that
 says where to put it and the public URL to fetch it from.
 
 >>> MODEL_FILES["googlenet"].file_name
@@ -36,9 +36,9 @@ def _model_file(name):
 
 
 def models_dir():
-    """``~/.cache/lasagne-caption/models`` (``$XDG_CACHE_HOME`` aware)."""
+    """``$LASAGNE_CAPTION_MODELS``, else ``~/.cache/lasagne-caption/models`` (``$XDG_CACHE_HOME`` aware)."""
     from ..compat import cache_dir
-    return os.path.join(cache_dir(), "models")
+    return os.environ.get("LASAGNE_CAPTION_MODELS") or os.path.join(cache_dir(), "models")
 
 
 def default_model_path(name="mobilenet_v2"):

@@ -37,7 +37,7 @@ from .base import CaptionNetwork
 from .config import (MAX_CODE_SIZE, MAX_TOKENS, MAX_UNITS, ConfigFromDict, check_choice,
                      check_real, check_whole)
 from .losses import real_target_cross_entropy
-from .updates import adam, training_mode
+from .updates import training_mode
 
 MAX_REGIONS = 100000
 
@@ -163,17 +163,21 @@ class AttentionModel(CaptionNetwork):
     for generation, which report the attention and the gate of each word.
 
     The learning rate is a shared variable (``set_learning_rate``), so that
-    training can decay it without recompiling.
+    training can decay it without recompiling. ``head``: the encoder's
+    ``Conv_1`` (``block16`` → grid, :mod:`lasagne_caption.models.finetune`),
+    trained with the network; its input becomes the network's.
     """
 
     kind = "attention"
     Config = AttentionConfig
 
-    def __init__(self, config, vocab, learning_rate=4e-4):
-        super().__init__(config, vocab, learning_rate)
-        self.image_shape = self.image_shape_of(config)
+    def __init__(self, config, vocab, learning_rate=4e-4, head=None):
+        super().__init__(config, vocab, learning_rate, head)
+        image, self.image_shape = self._image_input(self.image_shape_of(config))
         self._learning_rate = theano.shared(np.float32(learning_rate), name="learning_rate")
-        self.net = build_network(config)
+        self.net = build_network(config, regions=image)
+        if head is not None:
+            self.net["regions"] = head.input_var   # what the compiled functions take
         self._set_top(self.net["probabilities"])
 
     @staticmethod
@@ -205,7 +209,7 @@ class AttentionModel(CaptionNetwork):
         regions, sentences = self.net["regions"], self.net["sentences"]
         if name == "train_step":
             loss, _ = training_loss(self.net, self.config)
-            updates = adam(loss, self.trainable, self.optimizer_state, self._learning_rate)
+            updates = self.adam_updates(loss, self._learning_rate)
             return theano.function([regions, sentences], loss, updates=updates,
                                    allow_input_downcast=True, name=name, mode=training_mode())
         if name == "loss":
@@ -266,8 +270,10 @@ def _inference_functions(net):
     """``init(regions) -> [h0, c0, regions, projected]`` and
     ``step(words, h, c, regions, projected) -> [log_probs, h, c, alpha, gate]``."""
     decoder, regions = net["decoder"], net["regions"]
+    # the regions the decoder reads: the input itself, or an encoder head's output
+    read = lasagne.layers.get_output(net["image"])
     h0, c0 = lasagne.layers.get_output([net["hid_init"], net["cell_init"]], deterministic=True)
-    init_fn = theano.function([regions], [h0, c0, regions, decoder.project_regions(regions)],
+    init_fn = theano.function([regions], [h0, c0, read, decoder.project_regions(read)],
                               allow_input_downcast=True, name="caption_initial_states")
 
     words = T.ivector("words")

@@ -25,7 +25,7 @@ import numpy as np
 import theano
 
 from ..errors import UserError
-from .updates import adam_state
+from .updates import adam, adam_state
 
 
 def seed_initial_weights(seed):
@@ -50,22 +50,39 @@ class CaptionNetwork(object):
     top : Lasagne layer whose ``get_all_params`` are the network's parameters,
         in the order the checkpoint stores them
     image_shape : tuple
-        The shape of one image's input: ``(code_size,)`` for a flat code.
+        The shape of one image's input: ``(code_size,)`` for a flat code;
+        with an encoder head, the head's input (``block16``, ``(49, 320)``).
+    head : :class:`~lasagne_caption.models.finetune.EncoderHead` or None
+        The encoder's last layers, trained with the captioner: their output
+        is what the captioner's image input reads. Its parameters are not in
+        :attr:`params` (the checkpoint's order); its trainable ones are
+        optimised with the network's, at their own step size.
     """
 
     kind = None
     Config = None
     image_shape = ()
 
-    def __init__(self, config, vocab, learning_rate=1e-3):
+    def __init__(self, config, vocab, learning_rate=1e-3, head=None):
         if len(vocab) != config.n_tokens:
             raise UserError("the vocabulary has %d words, the network %d"
                             % (len(vocab), config.n_tokens))
         self.config = config
         self.vocab = vocab
         self.learning_rate = learning_rate
+        self.head = head
         self._functions = {}
         self._optimizer_state = None
+
+    def _image_input(self, own_shape):
+        """``(expression the image layer reads or None, input shape)``: the head's, if any."""
+        if self.head is None:
+            return None, tuple(own_shape)
+        if tuple(self.head.output_shape) != tuple(own_shape):
+            raise UserError("the encoder head gives %s codes, the network reads %s"
+                            % ("x".join(map(str, self.head.output_shape)),
+                               "x".join(map(str, own_shape))))
+        return self.head.output, tuple(self.head.input_shape)
 
     def _set_top(self, top):
         self.top = top
@@ -111,11 +128,23 @@ class CaptionNetwork(object):
                                                        for v in values])
 
     @property
+    def optimized(self):
+        """The parameters training updates: the network's, then the encoder head's."""
+        return self.trainable + (self.head.trainable if self.head is not None else [])
+
+    @property
     def optimizer_state(self):
-        """Adam's shared variables ``[m_0, v_0, ..., t]`` (Lasagne 0.1's order)."""
+        """Adam's shared variables ``[m_0, v_0, ..., t]`` (Lasagne 0.1's order) of :attr:`optimized`."""
         if self._optimizer_state is None:
-            self._optimizer_state = adam_state(self.trainable)
+            self._optimizer_state = adam_state(self.optimized)
         return self._optimizer_state
+
+    def adam_updates(self, loss, learning_rate):
+        """Adam's updates of :attr:`optimized`; the head's at its own fraction of the step."""
+        scales = [1.0] * len(self.trainable)
+        if self.head is not None:
+            scales += [self.head.config.learning_rate_scale] * len(self.head.trainable)
+        return adam(loss, self.optimized, self.optimizer_state, learning_rate, scales=scales)
 
     def seed_dropout(self, seed):
         """Seed every dropout layer's random stream (a repeatable epoch)."""

@@ -39,7 +39,7 @@ from ..vocab import PAD_IX
 from .base import CaptionNetwork
 from .config import NetworkConfig
 from .losses import real_target_cross_entropy
-from .updates import adam, training_mode
+from .updates import training_mode
 
 
 def param_shapes(config):
@@ -188,15 +188,20 @@ class SeminarModel(CaptionNetwork):
     embeddings : array (n_tokens, E), optional
         Initial word vectors (e.g. from
         :func:`~lasagne_caption.models.embeddings.read_glove`).
+    head : :class:`~lasagne_caption.models.finetune.EncoderHead`, optional
+        The encoder's last layers (``block16`` → logits), trained with the
+        network; its input becomes the network's (``image_shape``).
     """
 
     kind = "seminar"
     Config = NetworkConfig
 
-    def __init__(self, config, vocab, learning_rate=1e-3, embeddings=None):
-        super().__init__(config, vocab, learning_rate)
-        self.image_shape = self.image_shape_of(config)
-        self.net = build_network(config, embeddings=embeddings)
+    def __init__(self, config, vocab, learning_rate=1e-3, embeddings=None, head=None):
+        super().__init__(config, vocab, learning_rate, head)
+        image, self.image_shape = self._image_input(self.image_shape_of(config))
+        self.net = build_network(config, embeddings=embeddings, image_codes=image)
+        if head is not None:
+            self.net["image_codes"] = head.input_var   # what the compiled functions take
         self._set_top(self.net["probabilities"])
 
     @staticmethod
@@ -220,7 +225,7 @@ class SeminarModel(CaptionNetwork):
         if name.startswith("train_step"):
             n_steps = int(name.rsplit("_", 1)[1]) if name != "train_step" else None
             loss = fast_masked_cross_entropy(self.net, n_steps=n_steps)
-            updates = adam(loss, self.trainable, self.optimizer_state, self.learning_rate)
+            updates = self.adam_updates(loss, self.learning_rate)
             return theano.function([codes, sentences], loss, updates=updates,
                                    allow_input_downcast=True, name=name, mode=training_mode())
         if name == "val_step":

@@ -17,23 +17,29 @@ def adam_state(params):
     return state + [theano.shared(lasagne.utils.floatX(0.))]
 
 
-def adam(loss, params, state, learning_rate=1e-3, beta1=0.9, beta2=0.999, epsilon=1e-8):
+def adam(loss, params, state, learning_rate=1e-3, beta1=0.9, beta2=0.999, epsilon=1e-8,
+         scales=None):
     """``lasagne.updates.adam`` (0.1) on a given :func:`adam_state`.
 
     Several compiled train steps (one per unrolled length) then update the
-    same moments, as one optimiser would.
+    same moments, as one optimiser would. ``scales``: a factor per parameter
+    on its step size (a fine-tuned encoder trains at a fraction of the
+    captioner's); None is 1 for all, Lasagne's Adam exactly.
     """
     grads = theano.grad(loss, params)
     t_prev = state[-1]
     t = t_prev + 1
     a_t = learning_rate * T.sqrt(1 - beta2 ** t) / (1 - beta1 ** t)
     updates = OrderedDict()
-    for param, g_t, m_prev, v_prev in zip(params, grads, state[0::2], state[1::2]):
+    scales = [1.0] * len(params) if scales is None else scales
+    for param, g_t, m_prev, v_prev, scale in zip(params, grads, state[0::2], state[1::2],
+                                                  scales):
         m_t = beta1 * m_prev + (1 - beta1) * g_t
         v_t = beta2 * v_prev + (1 - beta2) * g_t ** 2
         updates[m_prev] = m_t
         updates[v_prev] = v_t
-        updates[param] = param - a_t * m_t / (T.sqrt(v_t) + epsilon)
+        step = a_t if scale == 1.0 else a_t * np.float32(scale)
+        updates[param] = param - step * m_t / (T.sqrt(v_t) + epsilon)
     updates[t_prev] = t
     return updates
 
