@@ -600,7 +600,8 @@ SELECT_KEYS = {"BLEU-4": "BLEU-4", "CIDEr-D": "CIDEr-D"}
 
 def head_values(model):
     """The fine-tuned encoder head's weights (saved beside the parameters), or None."""
-    return None if model.head is None else model.head.get_values()
+    head = getattr(model, "head", None)
+    return None if head is None else head.get_values()
 
 
 def select(model, selection, scores, epoch, args, dataset, step):

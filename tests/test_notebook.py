@@ -23,11 +23,27 @@ SEMINAR_MODULES = ("broadcast.py", "pretrained_lenet.py")
 MOBILENET = pathlib.Path("models") / "mobilenet_v2" / "mobilenet_v2_1.0_224_quant.tflite"
 
 
-def _streams(notebook):
-    """Lines printed by the notebook's code cells (stdout), in order."""
+def _stdout(notebook):
+    """What the notebook's code cells printed (stdout), in order."""
     return "".join(out.get("text", "") for cell in notebook.cells if cell.cell_type == "code"
                    for out in cell.outputs
-                   if out.output_type == "stream" and out.get("name") == "stdout").splitlines()
+                   if out.output_type == "stream" and out.get("name") == "stdout")
+
+
+def _streams(notebook):
+    return _stdout(notebook).splitlines()
+
+
+def _execute(notebook, folder, env=(), timeout=900):
+    """Run ``notebook`` in place from ``folder``; ``env``: variables the kernel inherits."""
+    nbclient = pytest.importorskip("nbclient")
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in dict(env).items():
+            mp.setenv(key, value)
+        # "python3" is ipykernel's spec; jupyter_client starts it with this interpreter
+        nbclient.NotebookClient(notebook, timeout=timeout, kernel_name="python3",
+                                resources={"metadata": {"path": str(folder)}}).execute()
+    return notebook
 
 
 def _pngs(notebook):
@@ -63,32 +79,23 @@ def test_apply_trained_model_is_committed_with_its_outputs():
 def test_apply_trained_model_runs_and_gives_its_committed_captions(shared_dir, monkeypatch):
     """CI runs it on the shipped models: the captions it prints are the committed ones."""
     nbformat = pytest.importorskip("nbformat")
-    nbclient = pytest.importorskip("nbclient")
-    # the kernel inherits the environment
-    monkeypatch.setenv("LASAGNE_CAPTION_SHARED", str(shared_dir))
     monkeypatch.delenv("LASAGNE_CAPTION_CHECKPOINT", raising=False)
     monkeypatch.delenv("LASAGNE_CAPTION_ATTENTION_CHECKPOINT", raising=False)
     committed = nbformat.read(str(NOTEBOOK), as_version=4)
-    notebook = nbformat.read(str(NOTEBOOK), as_version=4)
-    # "python3" is ipykernel's spec; jupyter_client starts it with this interpreter
-    nbclient.NotebookClient(notebook, timeout=900, kernel_name="python3",
-                            resources={"metadata": {"path": str(NOTEBOOK.parent)}}).execute()
+    notebook = _execute(nbformat.read(str(NOTEBOOK), as_version=4), NOTEBOOK.parent,
+                        {"LASAGNE_CAPTION_SHARED": str(shared_dir)})
     # captions are decisions: the same on any CPU (float32's last bits do not move them)
     assert _streams(notebook) == _streams(committed)
     assert len(_pngs(notebook)) == 4
 
 
-def test_apply_trained_model_takes_a_checkpoint_of_ones_own(demo_checkpoint, shared_dir,
-                                                            monkeypatch):
+def test_apply_trained_model_takes_a_checkpoint_of_ones_own(demo_checkpoint, shared_dir):
     nbformat = pytest.importorskip("nbformat")
-    nbclient = pytest.importorskip("nbclient")
-    monkeypatch.setenv("LASAGNE_CAPTION_CHECKPOINT", str(demo_checkpoint))
-    monkeypatch.setenv("LASAGNE_CAPTION_SHARED", str(shared_dir))
     notebook = nbformat.read(str(NOTEBOOK), as_version=4)
     # the cells up to the captions of the test photo
     notebook.cells = notebook.cells[:8]
-    nbclient.NotebookClient(notebook, timeout=900, kernel_name="python3",
-                            resources={"metadata": {"path": str(NOTEBOOK.parent)}}).execute()
+    _execute(notebook, NOTEBOOK.parent, {"LASAGNE_CAPTION_CHECKPOINT": str(demo_checkpoint),
+                                         "LASAGNE_CAPTION_SHARED": str(shared_dir)})
     lines = _streams(notebook)
     assert lines[0] == str(demo_checkpoint)
     assert any(line.startswith("default decoding: {'beam': 3, 'length_normalization': 0.0}")
@@ -98,14 +105,18 @@ def test_apply_trained_model_takes_a_checkpoint_of_ones_own(demo_checkpoint, sha
 
 # -- seminar.ipynb --------------------------------------------------------------
 
-def _stdout(notebook):
-    return "".join(out.get("text", "") for cell in notebook.cells if cell.cell_type == "code"
-                   for out in cell.outputs
-                   if out.output_type == "stream" and out.get("name") == "stdout")
+@pytest.fixture(scope="module")
+def prepared_flickr8k(tmp_path_factory, shared_dir):
+    """Flickr8k prepared from shared/ (MobileNetV2 logits), once for the notebooks that train."""
+    data = tmp_path_factory.mktemp("prepared") / "flickr8k"
+    subprocess.run([sys.executable, "-m", "lasagne_caption.data", "prepare", "flickr8k",
+                    "--source", str(shared_dir / "data" / "flickr8k"), "--out", str(data)],
+                   check=True, stdout=subprocess.DEVNULL)
+    return data
 
 
 @pytest.fixture(scope="module")
-def seminar_run(tmp_path_factory, shared_dir):
+def seminar_run(tmp_path_factory, shared_dir, prepared_flickr8k):
     """seminar.ipynb executed in a scratch copy: 1 epoch of 3 batches on the prepared Flickr8k.
 
     Returns (working folder, executed notebook). The copy starts with one added cell
@@ -113,12 +124,8 @@ def seminar_run(tmp_path_factory, shared_dir):
     that the run, its captions and its duration are the same every time.
     """
     nbformat = pytest.importorskip("nbformat")
-    nbclient = pytest.importorskip("nbclient")
     base = tmp_path_factory.mktemp("seminar")
-    data = base / "flickr8k"
-    subprocess.run([sys.executable, "-m", "lasagne_caption.data", "prepare", "flickr8k",
-                    "--source", str(shared_dir / "data" / "flickr8k"), "--out", str(data)],
-                   check=True, stdout=subprocess.DEVNULL)
+    data = prepared_flickr8k
     work = base / "notebooks"
     work.mkdir()
     for name in SEMINAR_MODULES:
@@ -136,11 +143,7 @@ def seminar_run(tmp_path_factory, shared_dir):
         "SEMINAR_VALIDATION_BATCHES": "1",
         "SEMINAR_N_SAMPLES": "1",
     }
-    with pytest.MonkeyPatch.context() as mp:
-        for key, value in env.items():
-            mp.setenv(key, value)      # the kernel inherits the environment
-        nbclient.NotebookClient(notebook, timeout=900, kernel_name="python3",
-                                resources={"metadata": {"path": str(work)}}).execute()
+    _execute(notebook, work, env)      # the kernel inherits the environment
     return work, notebook
 
 
@@ -340,16 +343,12 @@ def _labelled(notebook, label):
 
 
 @pytest.fixture(scope="module")
-def train_seminar_run(tmp_path_factory, shared_dir):
+def train_seminar_run(tmp_path_factory, shared_dir, prepared_flickr8k):
     """train_seminar.ipynb executed in a scratch copy: 1 epoch of 3 batches on a fresh
     Flickr8k preparation. Returns (the folder it saved to, executed notebook)."""
     nbformat = pytest.importorskip("nbformat")
-    nbclient = pytest.importorskip("nbclient")
     base = tmp_path_factory.mktemp("train_seminar")
-    data = base / "flickr8k"
-    subprocess.run([sys.executable, "-m", "lasagne_caption.data", "prepare", "flickr8k",
-                    "--source", str(shared_dir / "data" / "flickr8k"), "--out", str(data)],
-                   check=True, stdout=subprocess.DEVNULL)
+    data = prepared_flickr8k
     work, out = base / "notebooks", base / "out"
     work.mkdir()
     notebook = nbformat.read(str(TRAIN_SEMINAR), as_version=4)
@@ -361,11 +360,7 @@ def train_seminar_run(tmp_path_factory, shared_dir):
         "LASAGNE_CAPTION_SHARED": str(shared_dir),
         "LASAGNE_CAPTION_OUT": str(out),
     }
-    with pytest.MonkeyPatch.context() as mp:
-        for key, value in env.items():
-            mp.setenv(key, value)      # the kernel inherits the environment
-        nbclient.NotebookClient(notebook, timeout=900, kernel_name="python3",
-                                resources={"metadata": {"path": str(work)}}).execute()
+    _execute(notebook, work, env)      # the kernel inherits the environment
     return out, notebook
 
 
@@ -421,7 +416,7 @@ def test_train_seminar_checkpoint_captions_like_the_notebook_in_the_cli(train_se
 
 def test_train_seminar_notebook_without_data_says_make_data(tmp_path, shared_dir, monkeypatch):
     nbformat = pytest.importorskip("nbformat")
-    nbclient = pytest.importorskip("nbclient")
+    pytest.importorskip("nbclient")
     from nbclient.exceptions import CellExecutionError
 
     missing = tmp_path / "no-such-dataset"
@@ -433,8 +428,7 @@ def test_train_seminar_notebook_without_data_says_make_data(tmp_path, shared_dir
     for cell in code:      # the committed outputs, cleared: what runs now shows
         cell.outputs, cell.execution_count = [], None
     with pytest.raises(CellExecutionError):
-        nbclient.NotebookClient(notebook, timeout=600, kernel_name="python3",
-                                resources={"metadata": {"path": str(tmp_path)}}).execute()
+        _execute(notebook, tmp_path, timeout=600)
     data_cell = _code_cell(notebook, "load_dataset(DATA)")
     errors = [o for o in data_cell.outputs if o.output_type == "error"]
     # one line, no traceback: where it looked and how to prepare the data

@@ -19,33 +19,37 @@ from lasagne_caption.train import best_path, log_paths
 COLOURS, ANIMALS = ["red", "blue", "green"], ["dog", "cat", "bird", "horse"]
 
 
-def write_grid_dataset(path, n_images=12, image_shape=(4, 6), seed=0):
+def write_grid_dataset(path, n_images=12, image_shape=(4, 6), seed=0,
+                       features="mobilenet_v2_grid", grid_shape=None):
     """A tiny grid dataset written as ``prepare --features grid`` writes one.
 
     Image i shows a colour (i % 3) in one region and an animal (i // 3 % 4)
     in another; its three captions name both. Splits: 6 train, 3 val, 3 test.
+    ``features``/``grid_shape``: what the dataset says it holds (e.g.
+    ``"mobilenet_v2_block16"``, ``(7, 7, 320)``).
     """
     from lasagne_caption.data.dataset import CODES, QuantizedCodesWriter, write_dataset
     rng = np.random.RandomState(seed)
-    regions, features = image_shape
-    codes = 0.5 * rng.randn(n_images, regions, features).astype("float32")
+    regions, width = image_shape
+    codes = 0.5 * rng.randn(n_images, regions, width).astype("float32")
     captions = []
     for i in range(n_images):
         colour, animal = i % 3, (i // 3) % 4
-        codes[i, colour % regions, colour % features] += 3
-        codes[i, (animal + 1) % regions, (3 + animal) % features] += 3
+        codes[i, colour % regions, colour % width] += 3
+        codes[i, (animal + 1) % regions, (3 + animal) % width] += 3
         c, a = COLOURS[colour], ANIMALS[animal]
         captions.append(["A %s %s runs on the grass." % (c, a), "The %s %s is running" % (c, a),
                          "a %s %s" % (c, a)])
     path.mkdir(parents=True, exist_ok=True)
     writer = QuantizedCodesWriter(path / CODES, n_images, image_shape, scale=0.05,
-                                  zero_point=128, grid_shape=(2, regions // 2, features))
+                                  zero_point=128,
+                                  grid_shape=grid_shape or (2, regions // 2, width))
     writer.append(codes)
     writer.close()
     order = list(range(n_images))
     splits = {"train": order[:6], "val": order[6:9], "test": order[9:]}
     write_dataset(path, range(n_images), captions, ["img_%02d.jpg" % i for i in order], splits,
-                  "flickr8k", "mobilenet_v2_grid", codes_meta=writer.meta())
+                  "flickr8k", features, codes_meta=writer.meta())
     return path
 
 
@@ -233,7 +237,7 @@ def test_select_decays_or_stops_when_dev_does_not_improve(early_stop, lr_decay, 
     import lasagne_caption.train as train
     saved = []
     monkeypatch.setattr(train.ckpt, "make_metadata", lambda *a: {"epoch": a[2]})
-    monkeypatch.setattr(train.ckpt, "save_checkpoint", lambda path, *a: saved.append(path))
+    monkeypatch.setattr(train.ckpt, "save_checkpoint", lambda path, *a, **k: saved.append(path))
     model = _Model()
     model.get_param_values = lambda: []
     selection = {"select_on": "BLEU-4", "best_score": None, "best_epoch": None,

@@ -12,8 +12,7 @@ import pytest
 from lasagne_caption import checkpoint as ckpt
 from lasagne_caption.errors import UserError
 from lasagne_caption.train import log_paths
-
-COLOURS, ANIMALS = ["red", "blue", "green"], ["dog", "cat", "bird", "horse"]
+from tests.test_train_attention import write_grid_dataset
 
 
 @pytest.fixture(scope="session")
@@ -27,38 +26,13 @@ def head_init(tflite):
     return head_weights(tflite)
 
 
-def write_block16_dataset(path, n_images=12, seed=0):
-    """A tiny dataset of block16 codes (49 x 320), written as ``prepare --features block16`` does.
-
-    Image i has a colour (i % 3) and an animal (i // 3 % 4) written into two regions;
-    its captions name both. Splits: 6 train, 3 val, 3 test.
-    """
-    from lasagne_caption.data.dataset import CODES, QuantizedCodesWriter, write_dataset
-    rng = np.random.RandomState(seed)
-    codes = rng.randn(n_images, 49, 320).astype("float32")
-    captions = []
-    for i in range(n_images):
-        colour, animal = i % 3, (i // 3) % 4
-        codes[i, colour, :40] += 6
-        codes[i, 10 + animal, 40:80] += 6
-        c, a = COLOURS[colour], ANIMALS[animal]
-        captions.append(["A %s %s runs on the grass." % (c, a), "The %s %s is running" % (c, a),
-                         "a %s %s" % (c, a)])
-    path.mkdir(parents=True, exist_ok=True)
-    writer = QuantizedCodesWriter(path / CODES, n_images, (49, 320), scale=0.117,
-                                  zero_point=130, grid_shape=(7, 7, 320))
-    writer.append(codes)
-    writer.close()
-    order = list(range(n_images))
-    splits = {"train": order[:6], "val": order[6:9], "test": order[9:]}
-    write_dataset(path, range(n_images), captions, ["img_%02d.jpg" % i for i in order], splits,
-                  "flickr8k", "mobilenet_v2_block16", codes_meta=writer.meta())
-    return path
-
-
 @pytest.fixture(scope="module")
 def block16_data(tmp_path_factory):
-    return write_block16_dataset(tmp_path_factory.mktemp("block16") / "tiny-block16")
+    """12 tiny captioned images of block16 codes (49 x 320), as ``prepare --features block16``
+    writes them."""
+    return write_grid_dataset(tmp_path_factory.mktemp("block16") / "tiny-block16",
+                              image_shape=(49, 320), features="mobilenet_v2_block16",
+                              grid_shape=(7, 7, 320))
 
 
 SEMINAR = ["--embed-size", "4", "--units", "5", "--batch-size", "4", "--batches-per-epoch", "2",
