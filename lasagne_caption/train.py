@@ -90,10 +90,11 @@ def build_head(dataset, args):
     config = HeadConfig(output="grid" if args.decoder == "attention" else "logits",
                         train_layers=args.fine_tune, learning_rate_scale=args.encoder_lr_scale)
     head = EncoderHead(config, head_weights(args.model))
-    print("fine-tuning: %s of MobileNetV2's %s train at %g x the step size; block16 codes in"
-          % (" and ".join(config.trained) or "none", " + ".join(
-              reversed(("Conv_1", "pool", "Logits") if config.output == "logits"
-                       else ("Conv_1",))), config.learning_rate_scale))
+    layers = "block16 -> Conv_1 -> pool -> Logits" if config.output == "logits" \
+        else "block16 -> Conv_1"
+    print("fine-tuning MobileNetV2's last layers (%s): %s train%s" % (
+        layers, " and ".join(config.trained) or "none (frozen)",
+        " at %g x the step size" % config.learning_rate_scale if config.trained else ""))
     return head
 
 
