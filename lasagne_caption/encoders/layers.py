@@ -49,6 +49,7 @@ from lasagne.layers import ElemwiseSumLayer as _LasagneElemwiseSumLayer
 from lasagne.layers import GlobalPoolLayer as _LasagneGlobalPoolLayer
 from theano.tensor.elemwise import DimShuffle
 
+from ..layers.encoder_head import relu6  # MobileNet's clipped ReLU, one definition
 from .ops import AffinePadNHWC, ConvNHWC, DepthwiseConv2DNHWC
 
 __all__ = ["conv2d_noflip", "relu6", "ScaleShiftLayer", "TFSamePadLayer",
@@ -94,13 +95,6 @@ def conv2d_noflip(input, filters, image_shape=None, filter_shape=None, **kwargs)
                          filter_shape=filter_shape, filter_flip=False, **kwargs)
 
 
-def relu6(x):
-    """``min(max(x, 0), 6)``: MobileNet's clipped ReLU (a Theano expression).
-
-    >>> [float(relu6(x).eval()) for x in (-1.0, 2.5, 7.0)]
-    [0.0, 2.5, 6.0]
-    """
-    return T.clip(x, 0, 6)
 
 
 def tf_same_padding(size, kernel, stride):
