@@ -138,11 +138,6 @@ class EncoderHead(object):
                                    value.shape))
             p.set_value(value.astype(theano.config.floatX))
 
-    def weights(self):
-        """The :class:`EncoderHead` ``weights`` argument that rebuilds this head."""
-        values = self.get_values()
-        return {name: (values[name + "/W"], values[name + "/b"]) for name in self.layers}
-
 
 def _checked(weights, name, shape):
     try:
