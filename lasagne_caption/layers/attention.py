@@ -37,6 +37,7 @@ from lasagne import init
 from lasagne.layers import MergeLayer
 
 from ..ops import AttentionScores
+from .attention_scan import EXPLICIT_BACKWARD_GATES, attention_scan
 from .recurrent import keep_state_where_padded
 
 __all__ = ["AttentionLSTMLayer", "DeepOutputLayer", "GATES", "attention_penalty"]
@@ -62,6 +63,10 @@ class AttentionLSTMLayer(MergeLayer):
     attention_size : int
         A, the size of the space regions and the state are compared in.
     gate : "none", "selector" or "sentinel"
+    explicit_backward : bool
+        For the gates "none" and "selector", differentiate the scan with the
+        hand-written backward pass of :mod:`.attention_scan` (the same
+        gradient, without recomputing the forward step); False: Theano's own.
 
     Output
     ------
@@ -85,7 +90,7 @@ class AttentionLSTMLayer(MergeLayer):
 
     def __init__(self, incoming, regions, num_units, mask_input, hid_init, cell_init,
                  attention_size=256, gate="selector", W=init.Normal(0.01),
-                 W_hid=init.Orthogonal(), **kwargs):
+                 W_hid=init.Orthogonal(), explicit_backward=True, **kwargs):
         if gate not in GATES:
             raise ValueError("gate must be one of %s, not %r" % (", ".join(GATES), gate))
         super(AttentionLSTMLayer, self).__init__(
@@ -94,6 +99,7 @@ class AttentionLSTMLayer(MergeLayer):
         self.n_regions, self.region_size = self.input_shapes[1][1:]
         U, D, A = num_units, self.region_size, attention_size
         self.num_units, self.attention_size, self.gate = U, A, gate
+        self.explicit_backward = explicit_backward
         # the LSTM (gates in Lasagne's order: in, forget, cell, out)
         self.W_in = self.add_param(W, (embed, 4 * U), name="W_in")
         self.W_hid = self.add_param(_stacked(W_hid, U, 4), (U, 4 * U), name="W_hid")
@@ -143,6 +149,19 @@ class AttentionLSTMLayer(MergeLayer):
     def step(self, words, hid, cell, regions, projected):
         """One step: ``words`` from :meth:`word_products` for this step (list);
         returns ``(hid, cell, ctx, alpha, gate)``, each (N, ...)."""
+        parts = self.attend(words, hid, cell, regions, projected)
+        gates, U = parts["gates"], self.num_units
+        i, f = T.nnet.sigmoid(gates[:, :U]), T.nnet.sigmoid(gates[:, U:2 * U])
+        c, o = T.tanh(gates[:, 2 * U:3 * U]), T.nnet.sigmoid(gates[:, 3 * U:])
+        cell = f * cell + i * c
+        return o * T.tanh(cell), cell, parts["ctx"], parts["alpha"], parts["gate"]
+
+    def attend(self, words, hid, cell, regions, projected):
+        """A step up to the LSTM's non-linearities, by name: ``"ctx"``,
+        ``"alpha"``, ``"gate"`` as :meth:`step` returns them; ``"gates"`` (N, 4U),
+        the pre-activations of i, f, c~, o; and what a backward pass keeps:
+        ``"state"`` (N, A), ``h W_d``, and ``"visual"`` (N, D), the context
+        before the gate (``sum_i alpha_i a_i``, plus the sentinel's share)."""
         state = T.dot(hid, self.W_hid_att)
         scores = AttentionScores()(projected, state, self.w_att)   # (N, L)
         if self.gate == "sentinel":
@@ -151,23 +170,19 @@ class AttentionLSTMLayer(MergeLayer):
                                    self.w_att)
             weights = T.nnet.softmax(T.concatenate([scores, sentinel_score[:, None]], axis=1))
             alpha, gate = weights[:, :-1], 1 - weights[:, -1]
-            ctx = (T.batched_dot(alpha, regions)
-                   + weights[:, -1].dimshuffle(0, 'x') * T.dot(sentinel, self.W_sentinel_ctx))
+            ctx = visual = (T.batched_dot(alpha, regions)
+                            + weights[:, -1].dimshuffle(0, 'x') * T.dot(sentinel,
+                                                                       self.W_sentinel_ctx))
         else:
             alpha = T.nnet.softmax(scores)
-            ctx = T.batched_dot(alpha, regions)
+            ctx = visual = T.batched_dot(alpha, regions)
             if self.gate == "selector":
                 gate = T.nnet.sigmoid(T.dot(hid, self.w_gate) + self.b_gate)
-                ctx = gate.dimshuffle(0, 'x') * ctx
+                ctx = gate.dimshuffle(0, 'x') * visual
             else:
                 gate = T.ones_like(alpha[:, 0])
         gates = words[0] + T.dot(hid, self.W_hid) + T.dot(ctx, self.W_ctx)
-        U = self.num_units
-        i, f = T.nnet.sigmoid(gates[:, :U]), T.nnet.sigmoid(gates[:, U:2 * U])
-        c, o = T.tanh(gates[:, 2 * U:3 * U]), T.nnet.sigmoid(gates[:, 3 * U:])
-        cell = f * cell + i * c
-        hid = o * T.tanh(cell)
-        return hid, cell, ctx, alpha, gate
+        return dict(ctx=ctx, alpha=alpha, gate=gate, gates=gates, state=state, visual=visual)
 
     def get_output_for(self, inputs, unroll=None, **kwargs):
         """Scan over time; with ``unroll=N`` (the sequences' exact length) the
@@ -176,7 +191,7 @@ class AttentionLSTMLayer(MergeLayer):
         embeddings, regions, mask, hid, cell = inputs
         words = self.word_products(embeddings.dimshuffle(1, 0, 2))
         projected = self.project_regions(regions)
-        mask = mask.dimshuffle(1, 0, 'x')
+        mask = T.cast(mask, theano.config.floatX).dimshuffle(1, 0, 'x')
 
         def step(*args):
             n = len(words)
@@ -194,6 +209,9 @@ class AttentionLSTMLayer(MergeLayer):
                 state = out[:2]
                 outputs.append(out)
             hids, _, ctxs, alphas, gates = [T.stack(o, axis=0) for o in zip(*outputs)]
+        elif self.explicit_backward and self.gate in EXPLICIT_BACKWARD_GATES:
+            hids, ctxs, alphas, gates = attention_scan(self, words[0], mask, hid, cell,
+                                                       regions, projected)
         else:
             (hids, _, ctxs, alphas, gates), _ = theano.scan(
                 step, sequences=words + [mask], outputs_info=[hid, cell, None, None, None],
