@@ -191,7 +191,7 @@ class AttentionLSTMLayer(MergeLayer):
         embeddings, regions, mask, hid, cell = inputs
         words = self.word_products(embeddings.dimshuffle(1, 0, 2))
         projected = self.project_regions(regions)
-        mask = T.cast(mask, theano.config.floatX).dimshuffle(1, 0, 'x')
+        mask = mask.dimshuffle(1, 0, 'x')
 
         def step(*args):
             n = len(words)

@@ -148,7 +148,7 @@ def _forward(layer, words, mask, hid, cell, regions, projected):
 def _backward(gate, U, inputs, outputs, output_grads, p):
     """Gradients of the inputs (dict by name) and of the parameters in ``p``."""
     words, mask, hid0, cell0, regions, projected = inputs
-    hids, cells, ctxs, alphas, gates, saved, states, visual, hid_prev, cell_prev = outputs
+    _, _, ctxs, alphas, gates, saved, states, visual, hid_prev, cell_prev = outputs
     no_peepholes = T.zeros((U,), dtype=theano.config.floatX)
     d_hids, d_cells, d_ctxs, d_alphas, d_gate_values = output_grads[:5]
     selector = gate == "selector"
