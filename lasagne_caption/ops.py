@@ -20,10 +20,13 @@ scalar call); measured with ``python benchmarks/bench.py``, see README.
 """
 import numpy as np
 import theano.tensor as T
+from theano.compile import optdb
 from theano.gradient import DisconnectedType
 from theano.graph.basic import Apply
 from theano.graph.op import COp
+from theano.graph.opt import local_optimizer
 from theano.graph.utils import MethodNotDefined
+from theano.tensor.elemwise import Sum
 
 
 # exp, sigmoid and tanh written so that gcc -O3 vectorises loops over them
@@ -33,7 +36,13 @@ from theano.graph.utils import MethodNotDefined
 _FAST_MATH_C = r"""
 #include <math.h>
 #include <stdint.h>
-static inline float lc_exp(float x) {
+/* The clamps and selects below (x < -87 ? -87 : x, tanh's small-x branch)
+   vectorise only without trapping-math, set here per function: it lets gcc
+   evaluate both sides of a select, and changes no value. Measured on the
+   LSTM forward loop: the same bits, 3.6 times faster. Every function gets it,
+   since gcc does not inline across different optimize attributes. */
+#define LC_NO_TRAP __attribute__((optimize("no-trapping-math")))
+static inline LC_NO_TRAP float lc_exp(float x) {
     x = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
     float t = x * 1.44269504088896341f;
     float n = (t + 12582912.0f) - 12582912.0f;        /* round to nearest */
@@ -49,8 +58,8 @@ static inline float lc_exp(float x) {
     scale.i = ((int32_t)n + 127) << 23;
     return p * scale.f;
 }
-static inline float lc_sigmoid(float x) { return 1.0f / (1.0f + lc_exp(-x)); }
-static inline float lc_tanh(float x) {
+static inline LC_NO_TRAP float lc_sigmoid(float x) { return 1.0f / (1.0f + lc_exp(-x)); }
+static inline LC_NO_TRAP float lc_tanh(float x) {
     float a = x < 0.0f ? -x : x;
     float e = lc_exp(-2.0f * a);
     float t = (1.0f - e) / (1.0f + e);
@@ -62,7 +71,7 @@ static inline float lc_tanh(float x) {
    master != 0: Lasagne master's output gate, sigmoid(o + c * w_co) (the seminar's);
    master == 0: Lasagne 0.1's, sigmoid(o) + c * w_co. One loop per variant, so
    each stays branch-free and vectorised. */
-static void lc_lstm_forward(int master, npy_intp B, npy_intp U, const float* __restrict G,
+static LC_NO_TRAP void lc_lstm_forward(int master, npy_intp B, npy_intp U, const float* __restrict G,
         const float* __restrict CP, const float* __restrict WI, const float* __restrict WF,
         const float* __restrict WO, float* __restrict CELL, float* __restrict HID,
         float* __restrict S) {
@@ -96,7 +105,7 @@ static void lc_lstm_forward(int master, npy_intp B, npy_intp U, const float* __r
         }
     }
 }
-static void lc_lstm_backward(int master, npy_intp B, npy_intp U, const float* __restrict S,
+static LC_NO_TRAP void lc_lstm_backward(int master, npy_intp B, npy_intp U, const float* __restrict S,
         const float* __restrict CP, const float* __restrict WI, const float* __restrict WF,
         const float* __restrict WO, const float* __restrict DC, const float* __restrict DH,
         float* __restrict DG, float* __restrict DCP, float* __restrict DWI,
@@ -145,7 +154,7 @@ static void lc_lstm_backward(int master, npy_intp B, npy_intp U, const float* __
     }
 }
 #define LC_LANES 16   /* independent partial max/sum lanes: vectorisable without -ffast-math */
-static float lc_row_max(npy_intp K, const float* __restrict x, const float* __restrict b) {
+static LC_NO_TRAP float lc_row_max(npy_intp K, const float* __restrict x, const float* __restrict b) {
     float acc[LC_LANES];
     for (int l = 0; l < LC_LANES; ++l) acc[l] = -INFINITY;
     npy_intp j = 0;
@@ -159,7 +168,7 @@ static float lc_row_max(npy_intp K, const float* __restrict x, const float* __re
     for (; j < K; ++j) m = x[j] + b[j] > m ? x[j] + b[j] : m;
     return m;
 }
-static double lc_row_exp(npy_intp K, const float* __restrict x, const float* __restrict b,
+static LC_NO_TRAP double lc_row_exp(npy_intp K, const float* __restrict x, const float* __restrict b,
                          float m, float* __restrict e) {
     float acc[LC_LANES];
     for (int l = 0; l < LC_LANES; ++l) acc[l] = 0.0f;
@@ -175,7 +184,7 @@ static double lc_row_exp(npy_intp K, const float* __restrict x, const float* __r
     for (; j < K; ++j) { e[j] = lc_exp(x[j] + b[j] - m); sum += e[j]; }
     return sum;
 }
-static void lc_row_grad(npy_intp K, const float* __restrict e, float scale,
+static LC_NO_TRAP void lc_row_grad(npy_intp K, const float* __restrict e, float scale,
                         float* __restrict dx, float* __restrict db) {
     for (npy_intp j = 0; j < K; ++j) {
         float v = e[j] * scale;
@@ -209,7 +218,7 @@ class _Float32COp(COp):
         return _FAST_MATH_C
 
     def c_code_cache_version(self):
-        return (5,)
+        return (6,)
 
     def _check_float32(self, node, skip=()):
         """Raise MethodNotDefined unless every input (but ``skip``'s) and output is float32."""
@@ -613,12 +622,9 @@ class AttentionScores(_Float32COp):
 
 
 _ATTENTION_C = r"""
-/* tanh as Eigen's rational approximation (a few float32 ulp): no branch, so
-   gcc vectorises the loops over it (lc_tanh's branches stop it; that one
-   stays as it is for the LSTM op, whose numbers are published). The clamps
-   vectorise only without trapping-math: changed here only, per function. */
-#define LC_VECTOR_CLAMPS __attribute__((optimize("no-trapping-math")))
-static inline LC_VECTOR_CLAMPS float lc_tanh_rational(float x) {
+/* tanh as Eigen's rational approximation (a few float32 ulp), vectorised;
+   lc_tanh stays as it is for the LSTM op, whose numbers are published. */
+static inline LC_NO_TRAP float lc_tanh_rational(float x) {
     const float c = 7.90531110763549805f;
     x = x < -c ? -c : x;
     x = x > c ? c : x;
@@ -637,7 +643,7 @@ static inline LC_VECTOR_CLAMPS float lc_tanh_rational(float x) {
 }
 /* sum_a w[a] tanh(p[a] + s[a]); tanh values go to t (vectorised), then a
    lane-wise sum */
-static LC_VECTOR_CLAMPS float lc_attention_score(npy_intp A, const float* __restrict p,
+static LC_NO_TRAP float lc_attention_score(npy_intp A, const float* __restrict p,
         const float* __restrict s, const float* __restrict w, float* __restrict t) {
     for (npy_intp a = 0; a < A; ++a) t[a] = w[a] * lc_tanh_rational(p[a] + s[a]);
     float acc[LC_LANES];
@@ -658,18 +664,24 @@ class AttentionScoresGrad(_Float32COp):
 
     ``dP[n, l, a] = g[n, l] w[a] (1 - tanh^2)``, ``ds = sum_l dP``,
     ``dw[a] = sum_{n, l} g[n, l] tanh(P + s)[n, l, a]``.
+
+    With a fifth input ``dP_in`` (N, L, A), the first output is ``dP_in + dP``:
+    a backward pass over time accumulates the regions' gradient in the same
+    pass over them, instead of writing ``dP`` and adding it in another.
     """
     __props__ = ()
 
-    def make_node(self, P, s, w, g):
-        P, s, w, g = map(T.as_tensor_variable, (P, s, w, g))
-        return Apply(self, [P, s, w, g], [P.type(), s.type(), w.type()])
+    def make_node(self, P, s, w, g, dP_in=None):
+        inputs = [P, s, w, g] + ([] if dP_in is None else [dP_in])
+        inputs = list(map(T.as_tensor_variable, inputs))
+        P, s, w = inputs[:3]
+        return Apply(self, inputs, [P.type(), s.type(), w.type()])
 
     def perform(self, node, inputs, outputs):
-        P, s, w, g = inputs
+        P, s, w, g = inputs[:4]
         t = np.tanh(P + s[:, None, :])
         dP = (g[:, :, None] * w[None, None, :] * (1 - t * t)).astype(P.dtype)
-        outputs[0][0] = dP
+        outputs[0][0] = dP if len(inputs) == 4 else (inputs[4] + dP).astype(P.dtype)
         outputs[1][0] = dP.sum(axis=1).astype(P.dtype)
         outputs[2][0] = np.einsum("nl,nla->a", g, t).astype(P.dtype)
 
@@ -678,19 +690,29 @@ class AttentionScoresGrad(_Float32COp):
 
     def c_code(self, node, name, inp, out, sub):
         self._check_float32(node)
-        P, s, w, g = inp
+        P, s, w, g = inp[:4]
         dP, ds, dw = out
         fail = sub["fail"]
+        n_in = len(inp)
+        dP_in = inp[4] if n_in == 5 else "NULL"
         return r"""
         {
         npy_intp N = PyArray_DIMS(%(P)s)[0], L = PyArray_DIMS(%(P)s)[1], A = PyArray_DIMS(%(P)s)[2];
         npy_intp dims[3] = {N, L, A}, s_dims[2] = {N, A}, w_dims[1] = {A};
+        PyArrayObject* acc_in = %(dP_in)s;
+        if (acc_in && (PyArray_NDIM(acc_in) != 3 || PyArray_DIMS(acc_in)[0] != N
+                       || PyArray_DIMS(acc_in)[1] != L || PyArray_DIMS(acc_in)[2] != A)) {
+            PyErr_SetString(PyExc_ValueError, "AttentionScoresGrad: dP_in must be (N, L, A) as P");
+            %(fail)s
+        }
         if (lc_output(&%(dP)s, 3, dims) || lc_output(&%(ds)s, 2, s_dims)
                 || lc_output(&%(dw)s, 1, w_dims)) { %(fail)s }
         PyArrayObject *pc = PyArray_GETCONTIGUOUS(%(P)s), *sc = PyArray_GETCONTIGUOUS(%(s)s),
                       *wc = PyArray_GETCONTIGUOUS(%(w)s), *gc = PyArray_GETCONTIGUOUS(%(g)s);
+        PyArrayObject *ac = acc_in ? PyArray_GETCONTIGUOUS(acc_in) : NULL;
         const float *PP = (float*)PyArray_DATA(pc), *S = (float*)PyArray_DATA(sc),
                     *W = (float*)PyArray_DATA(wc), *G = (float*)PyArray_DATA(gc);
+        const float *ACC = ac ? (float*)PyArray_DATA(ac) : NULL;
         float *DP = (float*)PyArray_DATA(%(dP)s), *DS = (float*)PyArray_DATA(%(ds)s),
               *DW = (float*)PyArray_DATA(%(dw)s);
         for (npy_intp a = 0; a < A; ++a) DW[a] = 0.0f;
@@ -698,17 +720,22 @@ class AttentionScoresGrad(_Float32COp):
             float *dsn = DS + n * A;
             const float *sn = S + n * A;
             for (npy_intp a = 0; a < A; ++a) dsn[a] = 0.0f;
-            for (npy_intp l = 0; l < L; ++l)
-                lc_attention_score_grad(A, PP + (n * L + l) * A, sn, W, G[n * L + l],
-                                        DP + (n * L + l) * A, dsn, DW);
+            for (npy_intp l = 0; l < L; ++l) {
+                npy_intp at = (n * L + l) * A;
+                if (ACC)
+                    lc_attention_score_grad_acc(A, PP + at, sn, W, G[n * L + l], ACC + at,
+                                                DP + at, dsn, DW);
+                else
+                    lc_attention_score_grad(A, PP + at, sn, W, G[n * L + l], DP + at, dsn, DW);
+            }
         }
-        Py_DECREF(pc); Py_DECREF(sc); Py_DECREF(wc); Py_DECREF(gc);
+        Py_DECREF(pc); Py_DECREF(sc); Py_DECREF(wc); Py_DECREF(gc); Py_XDECREF(ac);
         }
         """ % dict(locals(), fail=fail)
 
     def c_support_code(self, **kwargs):
         return _FAST_MATH_C + _ATTENTION_C + r"""
-static LC_VECTOR_CLAMPS void lc_attention_score_grad(npy_intp A, const float* __restrict p,
+static LC_NO_TRAP void lc_attention_score_grad(npy_intp A, const float* __restrict p,
         const float* __restrict s, const float* __restrict w, float g,
         float* __restrict dp, float* __restrict ds, float* __restrict dw) {
     for (npy_intp a = 0; a < A; ++a) {
@@ -719,4 +746,208 @@ static LC_VECTOR_CLAMPS void lc_attention_score_grad(npy_intp A, const float* __
         dw[a] += g * t;
     }
 }
+static LC_NO_TRAP void lc_attention_score_grad_acc(npy_intp A, const float* __restrict p,
+        const float* __restrict s, const float* __restrict w, float g,
+        const float* __restrict dp_in, float* __restrict dp, float* __restrict ds,
+        float* __restrict dw) {
+    for (npy_intp a = 0; a < A; ++a) {
+        float t = lc_tanh_rational(p[a] + s[a]);
+        float d = g * w[a] * (1.0f - t * t);
+        dp[a] = dp_in[a] + d;
+        ds[a] += d;
+        dw[a] += g * t;
+    }
+}
 """
+
+    def c_code_cache_version(self):
+        return (7,)
+
+
+class WeightedSum(_Float32COp):
+    """Soft attention's context ``r[n] = sum_l alpha[n, l] a[n, l]``.
+
+    ``alpha`` (N, L) the weights, ``a`` (N, L, D) the regions; output (N, D).
+    The same as ``T.batched_dot(alpha, a)``, which calls a BLAS product of one
+    row per image; this streams the regions once (on the Flickr8k grid a
+    batch's regions are 16 MB, read at every step), about three times faster
+    here. Its gradient for ``alpha`` is :class:`RegionDot`.
+
+    Examples
+    --------
+    >>> import theano
+    >>> alpha, a = T.matrix(), T.tensor3()
+    >>> f = theano.function([alpha, a], WeightedSum()(alpha, a))
+    >>> f([[0.25, 0.75]], np.array([[[4, 0], [0, 4]]], "float32"))
+    array([[1., 3.]], dtype=float32)
+    """
+    __props__ = ()
+
+    def make_node(self, alpha, a):
+        alpha, a = map(T.as_tensor_variable, (alpha, a))
+        return Apply(self, [alpha, a], [T.matrix(dtype=a.dtype)])
+
+    def perform(self, node, inputs, outputs):
+        alpha, a = inputs
+        outputs[0][0] = np.einsum("nl,nld->nd", alpha, a).astype(a.dtype)
+
+    def infer_shape(self, fgraph, node, shapes):
+        return [(shapes[1][0], shapes[1][2])]
+
+    def grad(self, inputs, grads):
+        alpha, a = inputs
+        g, = grads
+        return [RegionDot()(a, g), alpha.dimshuffle(0, 1, 'x') * g.dimshuffle(0, 'x', 1)]
+
+    def c_code(self, node, name, inp, out, sub):
+        self._check_float32(node)
+        alpha, a = inp
+        r, = out
+        fail = sub["fail"]
+        return r"""
+        {
+        npy_intp N = PyArray_DIMS(%(a)s)[0], L = PyArray_DIMS(%(a)s)[1], D = PyArray_DIMS(%(a)s)[2];
+        if (PyArray_DIMS(%(alpha)s)[0] != N || PyArray_DIMS(%(alpha)s)[1] != L) {
+            PyErr_SetString(PyExc_ValueError, "WeightedSum: alpha must be (N, L), a (N, L, D)");
+            %(fail)s
+        }
+        npy_intp dims[2] = {N, D};
+        if (lc_output(&%(r)s, 2, dims)) { %(fail)s }
+        PyArrayObject *ac = PyArray_GETCONTIGUOUS(%(alpha)s), *rc = PyArray_GETCONTIGUOUS(%(a)s);
+        lc_weighted_sum(N, L, D, (float*)PyArray_DATA(ac), (float*)PyArray_DATA(rc),
+                        (float*)PyArray_DATA(%(r)s));
+        Py_DECREF(ac); Py_DECREF(rc);
+        }
+        """ % dict(locals(), fail=fail)
+
+    def c_support_code(self, **kwargs):
+        return _FAST_MATH_C + _REGION_C
+
+
+class RegionDot(_Float32COp):
+    """``e[n, l] = a[n, l] . g[n]``: each region's dot product with a vector.
+
+    ``a`` (N, L, D), ``g`` (N, D); output (N, L). The gradient of
+    :class:`WeightedSum` for its weights; like it, one pass over the regions.
+
+    Examples
+    --------
+    >>> import theano
+    >>> a, g = T.tensor3(), T.matrix()
+    >>> f = theano.function([a, g], RegionDot()(a, g))
+    >>> f(np.array([[[4, 0], [0, 4]]], "float32"), [[0.25, 0.75]])
+    array([[1., 3.]], dtype=float32)
+    """
+    __props__ = ()
+
+    def make_node(self, a, g):
+        a, g = map(T.as_tensor_variable, (a, g))
+        return Apply(self, [a, g], [T.matrix(dtype=a.dtype)])
+
+    def perform(self, node, inputs, outputs):
+        a, g = inputs
+        outputs[0][0] = np.einsum("nld,nd->nl", a, g).astype(a.dtype)
+
+    def infer_shape(self, fgraph, node, shapes):
+        return [shapes[0][:2]]
+
+    def grad(self, inputs, grads):
+        a, g = inputs
+        d, = grads
+        return [d.dimshuffle(0, 1, 'x') * g.dimshuffle(0, 'x', 1), WeightedSum()(d, a)]
+
+    def c_code(self, node, name, inp, out, sub):
+        self._check_float32(node)
+        a, g = inp
+        e, = out
+        fail = sub["fail"]
+        return r"""
+        {
+        npy_intp N = PyArray_DIMS(%(a)s)[0], L = PyArray_DIMS(%(a)s)[1], D = PyArray_DIMS(%(a)s)[2];
+        if (PyArray_DIMS(%(g)s)[0] != N || PyArray_DIMS(%(g)s)[1] != D) {
+            PyErr_SetString(PyExc_ValueError, "RegionDot: a must be (N, L, D), g (N, D)");
+            %(fail)s
+        }
+        npy_intp dims[2] = {N, L};
+        if (lc_output(&%(e)s, 2, dims)) { %(fail)s }
+        PyArrayObject *ac = PyArray_GETCONTIGUOUS(%(a)s), *gc = PyArray_GETCONTIGUOUS(%(g)s);
+        lc_region_dot(N, L, D, (float*)PyArray_DATA(ac), (float*)PyArray_DATA(gc),
+                      (float*)PyArray_DATA(%(e)s));
+        Py_DECREF(ac); Py_DECREF(gc);
+        }
+        """ % dict(locals(), fail=fail)
+
+    def c_support_code(self, **kwargs):
+        return _FAST_MATH_C + _REGION_C
+
+
+_REGION_C = r"""
+/* r[n] = sum_l alpha[n, l] a[n, l]: the output row stays in L1 while the
+   regions stream past once */
+static LC_NO_TRAP void lc_weighted_sum(npy_intp N, npy_intp L, npy_intp D,
+        const float* __restrict alpha, const float* __restrict a, float* __restrict r) {
+    for (npy_intp n = 0; n < N; ++n) {
+        float *rn = r + n * D;
+        for (npy_intp d = 0; d < D; ++d) rn[d] = 0.0f;
+        for (npy_intp l = 0; l < L; ++l) {
+            const float *al = a + (n * L + l) * D;
+            float w = alpha[n * L + l];
+            for (npy_intp d = 0; d < D; ++d) rn[d] += w * al[d];
+        }
+    }
+}
+/* e[n, l] = a[n, l] . g[n], with lane-wise partial sums (vectorisable
+   without -ffast-math) */
+static LC_NO_TRAP void lc_region_dot(npy_intp N, npy_intp L, npy_intp D,
+        const float* __restrict a, const float* __restrict g, float* __restrict e) {
+    for (npy_intp n = 0; n < N; ++n) {
+        const float *gn = g + n * D;
+        for (npy_intp l = 0; l < L; ++l) {
+            const float *al = a + (n * L + l) * D;
+            float acc[LC_LANES];
+            for (int k = 0; k < LC_LANES; ++k) acc[k] = 0.0f;
+            npy_intp d = 0;
+            for (; d + LC_LANES <= D; d += LC_LANES)
+                for (int k = 0; k < LC_LANES; ++k) acc[k] += al[d + k] * gn[d + k];
+            float sum = 0.0f;
+            for (int k = 0; k < LC_LANES; ++k) sum += acc[k];
+            for (; d < D; ++d) sum += al[d] * gn[d];
+            e[n * L + l] = sum;
+        }
+    }
+}
+"""
+
+
+# -- a graph rewrite ------------------------------------------------------------
+SUMS_AS_DOT = "lc_sums_as_dot"
+
+
+@local_optimizer([Sum])
+def local_leading_sum_as_dot(fgraph, node):
+    """A float32 sum over leading axes as ``ones . x`` (a BLAS gemv).
+
+    Theano accumulates float32 sums in float64 with a scalar loop: summing
+    the bias gradients of the attention network (over time and batch, e.g.
+    20 x 64 x 2048 for the LSTM's) took 10 ms of its train step, against
+    well under a millisecond as a matrix-vector product (float32 sums in
+    BLAS blocks: equal up to float32 rounding). Off by default; a mode
+    takes it with ``.including(SUMS_AS_DOT)``.
+    """
+    if type(node.op) is not Sum or node.op.axis is None:
+        return False
+    x, = node.inputs
+    out = node.outputs[0]
+    n = len(node.op.axis)
+    if (x.dtype != "float32" or out.dtype != "float32" or n == x.ndim
+            or sorted(node.op.axis) != list(range(n))):
+        return False
+    rows, rest = T.prod(x.shape[:n]), x.shape[n:]
+    flat = x.reshape((rows, T.prod(rest)), ndim=2)
+    summed = T.dot(T.ones((rows,), dtype="float32"), flat)
+    summed = summed.reshape(rest, ndim=x.ndim - n)
+    return [T.patternbroadcast(summed, out.broadcastable)]
+
+
+# before the BLAS rewrites (position 1.7), which make the dot a gemv
+optdb["stabilize"].register("local_leading_sum_as_dot", local_leading_sum_as_dot, SUMS_AS_DOT)

@@ -79,6 +79,38 @@ def test_5_scan_compiles_without_the_cython_extension():
     np.testing.assert_allclose(cumsum(np.arange(5, dtype="float32")), [0, 1, 3, 6, 10])
 
 
+def test_5_scan_checks_reused_buffers_by_pointer_with_the_same_results():
+    from theano.scan.op import Scan
+    perform = Scan.perform
+    assert perform.pointer_reuse_checks and compat._patch_scan_reuse_checks()
+    # a scan whose carried state and per-step outputs are written into the
+    # buffers scan hands the inner function (the case the check is for), and
+    # whose carry is only read at the end
+    x, init = T.matrix(), T.tensor3()
+
+    def step(row, acc):
+        new = acc + row.dimshuffle('x', 'x', 0)
+        return new, T.tanh(new).sum(axis=2)
+
+    (accs, sums), _ = theano.scan(step, sequences=x, outputs_info=[init, None])
+    ours_f = theano.function([x, init], [accs[-1], sums])
+    try:
+        Scan.perform = perform.theano_perform     # theano's own method, bound at compile
+        theirs_f = theano.function([x, init], [accs[-1], sums])
+    finally:
+        Scan.perform = perform
+    for f, method in ((ours_f, perform), (theirs_f, perform.theano_perform)):
+        assert [t.perform.__func__ for t in f.fn.thunks
+                if isinstance(getattr(getattr(t, "perform", None), "__self__", None), Scan)
+                ] == [method]
+    rng = np.random.RandomState(0)
+    args = rng.randn(6, 7).astype("float32"), rng.randn(4, 5, 7).astype("float32")
+    ours, theirs = ours_f(*args), theirs_f(*args)
+    for a, b in zip(ours, theirs):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_allclose(ours[0], args[1] + args[0].sum(axis=0), rtol=1e-5)
+
+
 def test_6_theano_variable_is_the_graph_variable():
     assert theano.Variable is theano.graph.basic.Variable
     assert isinstance(T.matrix(), theano.Variable)

@@ -2,7 +2,8 @@
 
 SoftmaxNLL against Theano's softmax cross-entropy; LSTMCell (C code for
 float32, numpy for float64), both output-gate variants, against the LSTM
-step written in Theano expressions, values and gradients.
+step written in Theano expressions, values and gradients; the attention ops
+against the same written with Theano expressions.
 """
 import numpy as np
 import pytest
@@ -172,6 +173,26 @@ def test_attention_scores_any_shape_and_a_reused_output(attention_functions, sha
         np.testing.assert_allclose(ds, dP.sum(axis=1), rtol=1e-5, atol=1e-5)
 
 
+def test_attention_scores_gradient_adds_to_a_given_accumulator():
+    from lasagne_caption.ops import AttentionScoresGrad
+    P, s, w = _attention_inputs(8, scale=1.0, shape=(3, 5, 6))
+    rng = np.random.RandomState(9)
+    g, acc = rng.randn(3, 5).astype("float32"), rng.randn(3, 5, 6).astype("float32")
+    functions = {}
+    for dtype in ("float64", "float32"):     # perform() and the C code
+        ins = [T.tensor3(dtype=dtype), T.matrix(dtype=dtype), T.vector(dtype=dtype),
+               T.matrix(dtype=dtype), T.tensor3(dtype=dtype)]
+        f = functions[dtype] = theano.function(ins, list(AttentionScoresGrad()(*ins))
+                                               + list(AttentionScoresGrad()(*ins[:4])))
+        added, ds, dw, plain, ds_plain, dw_plain = f(*[x.astype(dtype) for x in (P, s, w, g, acc)])
+        np.testing.assert_allclose(added, acc + plain, rtol=1e-6, atol=1e-6)
+        # (equal up to rounding: gcc may fuse the add into a multiply-add)
+        np.testing.assert_allclose(ds, ds_plain, rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(dw, dw_plain, rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match="dP_in must be"):
+        functions["float32"](P, s, w, g, acc[:, :4])
+
+
 def test_attention_scores_gradient_is_verified_numerically():
     from lasagne_caption.ops import AttentionScores
     rng = np.random.RandomState(5)
@@ -207,3 +228,83 @@ def test_attention_scores_reject_mismatched_shapes(attention_functions):
     P, s, w = _attention_inputs(shape=(2, 3, 4))
     with pytest.raises(ValueError, match="AttentionScores: P must be"):
         f(P, s[:, :3], w, np.ones((2, 3), "float32"))
+
+
+# -- WeightedSum and RegionDot: one pass over the regions ------------------------
+@pytest.fixture(scope="module")
+def region_functions():
+    """WeightedSum, RegionDot and the gradients of ``sum(g * out)``, by the ops
+    (float32, C code) and by ``T.batched_dot`` (float64)."""
+    from lasagne_caption.ops import RegionDot, WeightedSum
+    out = {}
+    for name, dtype in (("op", "float32"), ("theano", "float64")):
+        alpha, a, v = T.matrix(dtype=dtype), T.tensor3(dtype=dtype), T.matrix(dtype=dtype)
+        g_sum, g_dot = T.matrix(dtype=dtype), T.matrix(dtype=dtype)
+        if name == "op":
+            weighted, dots = WeightedSum()(alpha, a), RegionDot()(a, v)
+        else:
+            weighted, dots = T.batched_dot(alpha, a), T.batched_dot(a, v)
+        cost = T.sum(g_sum * weighted) + T.sum(g_dot * dots)
+        out[name] = theano.function([alpha, a, v, g_sum, g_dot],
+                                    [weighted, dots] + T.grad(cost, [alpha, a, v]))
+    return out
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 1), (3, 4, 7), (2, 49, 37)])
+def test_weighted_sum_and_region_dot_equal_batched_dot(region_functions, shape):
+    from lasagne_caption.ops import RegionDot, WeightedSum
+    f = region_functions["op"]
+    assert {WeightedSum, RegionDot} <= {type(node.op) for node in f.maker.fgraph.toposort()}
+    n, regions, size = shape
+    rng = np.random.RandomState(sum(shape))
+    for _ in range(2):     # the second call reuses the first one's outputs
+        args = [rng.rand(n, regions), rng.randn(n, regions, size), rng.randn(n, size),
+                rng.randn(n, size), rng.randn(n, regions)]
+        ours = f(*[x.astype("float32") for x in args])
+        theirs = region_functions["theano"](*args)
+        assert all(x.dtype == np.float32 for x in ours)
+        for what, x, y in zip(["sum", "dots", "d alpha", "d a", "d v"], ours, theirs):
+            assert x.shape == y.shape, what
+            np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-4, err_msg=what)
+
+
+def test_weighted_sum_and_region_dot_gradients_are_verified_numerically():
+    from lasagne_caption.ops import RegionDot, WeightedSum
+    rng = np.random.RandomState(7)
+    alpha, a, v = rng.rand(2, 3), rng.randn(2, 3, 4), rng.randn(2, 4)
+    for x in ((alpha, a), (alpha.astype("float64"), a.astype("float64"))):
+        theano.gradient.verify_grad(lambda *i: WeightedSum()(*i),
+                                    [y.astype("float32") for y in x], rng=rng)
+    theano.gradient.verify_grad(lambda *i: RegionDot()(*i),
+                                [a.astype("float32"), v.astype("float32")], rng=rng)
+    theano.gradient.verify_grad(lambda *i: RegionDot()(*i), [a, v], rng=rng)
+
+
+def test_weighted_sum_and_region_dot_reject_mismatched_shapes(region_functions):
+    f = region_functions["op"]
+    alpha, a, v = np.ones((2, 3), "float32"), np.ones((2, 3, 4), "float32"), np.ones((2, 4), "float32")
+    with pytest.raises(ValueError, match="WeightedSum: alpha must be"):
+        f(alpha[:, :2], a, v, v, alpha)
+    with pytest.raises(ValueError, match="RegionDot: a must be"):
+        f(alpha, a, v[:, :3], v, alpha)
+
+
+# -- the rewrite of leading-axis sums ------------------------------------------
+def test_leading_sums_become_a_matrix_vector_product_only_when_asked():
+    from lasagne_caption.models.updates import training_mode
+    from theano.tensor.elemwise import Sum
+    x = T.tensor3()
+    outs = [x[::-1].sum(axis=(0, 1)), x.sum(axis=0), x.sum(axis=2), x.sum()]
+    a = np.random.RandomState(0).rand(5, 6, 7).astype("float32")
+    theirs = theano.function([x], outs, mode=training_mode())
+    ours = theano.function([x], outs, mode=training_mode(sums_as_dot=True))
+
+    def sums(f):
+        return sorted(tuple(n.op.axis or ()) for n in f.maker.fgraph.toposort()
+                      if isinstance(n.op, Sum))
+    assert sums(theirs) == [(), (0,), (0, 1), (2,)]
+    assert sums(ours) == [(), (2,)]     # the whole sum and a trailing axis stay Theano's
+    for got, expected in zip(ours(a), [a.sum(axis=(0, 1)), a.sum(axis=0), a.sum(axis=2),
+                                       a.sum()]):
+        assert got.dtype == np.float32 and got.shape == expected.shape
+        np.testing.assert_allclose(got, expected, rtol=1e-6)

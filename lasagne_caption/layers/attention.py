@@ -36,7 +36,7 @@ import theano.tensor as T
 from lasagne import init
 from lasagne.layers import MergeLayer
 
-from ..ops import AttentionScores
+from ..ops import AttentionScores, WeightedSum
 from .attention_scan import EXPLICIT_BACKWARD_GATES, attention_scan
 from .recurrent import keep_state_where_padded
 
@@ -170,12 +170,12 @@ class AttentionLSTMLayer(MergeLayer):
                                    self.w_att)
             weights = T.nnet.softmax(T.concatenate([scores, sentinel_score[:, None]], axis=1))
             alpha, gate = weights[:, :-1], 1 - weights[:, -1]
-            ctx = visual = (T.batched_dot(alpha, regions)
+            ctx = visual = (WeightedSum()(alpha, regions)
                             + weights[:, -1].dimshuffle(0, 'x') * T.dot(sentinel,
                                                                        self.W_sentinel_ctx))
         else:
             alpha = T.nnet.softmax(scores)
-            ctx = visual = T.batched_dot(alpha, regions)
+            ctx = visual = WeightedSum()(alpha, regions)
             if self.gate == "selector":
                 gate = T.nnet.sigmoid(T.dot(hid, self.w_gate) + self.b_gate)
                 ctx = gate.dimshuffle(0, 'x') * visual

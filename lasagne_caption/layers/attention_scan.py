@@ -37,7 +37,7 @@ and backward, from ``dh``, ``dc`` (carried) plus the outputs' gradients::
     dG = [dc~ u i(1-i), dc~ c f(1-f), dc~ i (1-u^2), dh' tanh(c') o(1-o)]
     dctx = dG W_ctx^T (+ the output's);  dr = g dctx;  dg = dctx . r (+ the output's)
     dalpha = a dr (+ the output's);  de = alpha (dalpha - alpha . dalpha)
-    dP += AttentionScoresGrad(P, s, w, de)[0];  ds = ...[1]
+    dP <- AttentionScoresGrad(P, s, w, de, dP)[0] (it adds);  ds = ...[1]
     dh <- (1-m) dh + dG W_hid^T + ds W_ha^T + dg g(1-g) w_g;  dc <- (1-m) dc + dc~ f
 """
 import theano
@@ -45,7 +45,7 @@ import theano.tensor as T
 from theano.compile.builders import OpFromGraph
 from theano.gradient import DisconnectedType
 
-from ..ops import AttentionScoresGrad, LSTMCell, LSTMCellGrad
+from ..ops import AttentionScoresGrad, LSTMCell, LSTMCellGrad, RegionDot
 from .recurrent import keep_state_where_padded
 
 __all__ = ["attention_scan", "EXPLICIT_BACKWARD_GATES"]
@@ -170,16 +170,17 @@ def _backward(gate, U, inputs, outputs, output_grads, p):
         else:
             d_visual = d_ctx
             d_gate_logit = T.zeros_like(gate_t)
-        d_alpha = T.batched_dot(regions, d_visual) + d_alpha_t
+        d_alpha = RegionDot()(regions, d_visual) + d_alpha_t
         d_scores = alpha_t * (d_alpha - T.sum(alpha_t * d_alpha, axis=1, keepdims=True))
-        d_proj_t, d_state, d_w_att = AttentionScoresGrad()(projected, state_t, p["w_att"],
-                                                          d_scores)
+        # the regions' gradient accumulates over the steps inside the op
+        d_projected, d_state, d_w_att = AttentionScoresGrad()(projected, state_t, p["w_att"],
+                                                             d_scores, d_projected)
         d_hid_prev = (T.switch(mask_t, 0, d_hid) + T.dot(d_gates, p["W_hid"].T)
                       + T.dot(d_state, p["W_hid_att"].T))
         if selector:
             d_hid_prev = d_hid_prev + d_gate_logit.dimshuffle(0, 'x') * p["w_gate"]
         d_cell_prev = T.switch(mask_t, d_cell_through, d_cell)
-        return (d_hid_prev, d_cell_prev, d_projected + d_proj_t,
+        return (d_hid_prev, d_cell_prev, d_projected,
                 d_gates, d_state, d_gate_logit, d_visual, d_w_att)
 
     sequences = [mask, d_hids, d_cells, d_ctxs, d_alphas, d_gate_values, saved, cell_prev, states,

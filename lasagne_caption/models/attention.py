@@ -211,7 +211,8 @@ class AttentionModel(CaptionNetwork):
             loss, _ = training_loss(self.net, self.config)
             updates = self.adam_updates(loss, self._learning_rate)
             return theano.function([regions, sentences], loss, updates=updates,
-                                   allow_input_downcast=True, name=name, mode=training_mode())
+                                   allow_input_downcast=True, name=name,
+                                   mode=training_mode(sums_as_dot=True))
         if name == "loss":
             loss, _ = training_loss(self.net, self.config, deterministic=True)
             return theano.function([regions, sentences], loss, allow_input_downcast=True,

@@ -6,6 +6,8 @@ import numpy as np
 import theano
 import theano.tensor as T
 
+from ..ops import SUMS_AS_DOT
+
 
 def adam_state(params):
     """Zero Adam state for ``params``: ``[m_0, v_0, m_1, v_1, ..., t]`` as in Lasagne 0.1."""
@@ -44,12 +46,16 @@ def adam(loss, params, state, learning_rate=1e-3, beta1=0.9, beta2=0.999, epsilo
     return updates
 
 
-def training_mode():
+def training_mode(sums_as_dot=False):
     """Theano's default mode without ``local_dot22_to_dot22scalar``.
 
     That rewrite folds Adam's ``(1 - beta1) * grad`` into a second copy of the
     output layer's largest matrix product (about 60 ms of a 300 ms step at the
     seminar's shapes, measured with ``python benchmarks/bench.py``).
+    ``sums_as_dot``: with :func:`~lasagne_caption.ops.local_leading_sum_as_dot`
+    (the attention network's; the seminar network keeps Theano's sums, with
+    which its published numbers were made).
     """
-    return theano.compile.mode.get_default_mode().excluding("local_dot22_to_dot22scalar")
+    mode = theano.compile.mode.get_default_mode().excluding("local_dot22_to_dot22scalar")
+    return mode.including(SUMS_AS_DOT) if sums_as_dot else mode
 
