@@ -764,7 +764,14 @@ static LC_NO_TRAP void lc_attention_score_grad_acc(npy_intp A, const float* __re
         return (7,)
 
 
-class WeightedSum(_Float32COp):
+class _RegionOp(_Float32COp):
+    """The C helpers shared by :class:`WeightedSum` and :class:`RegionDot`."""
+
+    def c_support_code(self, **kwargs):
+        return _FAST_MATH_C + _REGION_C
+
+
+class WeightedSum(_RegionOp):
     """Soft attention's context ``r[n] = sum_l alpha[n, l] a[n, l]``.
 
     ``alpha`` (N, L) the weights, ``a`` (N, L, D) the regions; output (N, D).
@@ -802,29 +809,11 @@ class WeightedSum(_Float32COp):
     def c_code(self, node, name, inp, out, sub):
         self._check_float32(node)
         alpha, a = inp
-        r, = out
-        fail = sub["fail"]
-        return r"""
-        {
-        npy_intp N = PyArray_DIMS(%(a)s)[0], L = PyArray_DIMS(%(a)s)[1], D = PyArray_DIMS(%(a)s)[2];
-        if (PyArray_DIMS(%(alpha)s)[0] != N || PyArray_DIMS(%(alpha)s)[1] != L) {
-            PyErr_SetString(PyExc_ValueError, "WeightedSum: alpha must be (N, L), a (N, L, D)");
-            %(fail)s
-        }
-        npy_intp dims[2] = {N, D};
-        if (lc_output(&%(r)s, 2, dims)) { %(fail)s }
-        PyArrayObject *ac = PyArray_GETCONTIGUOUS(%(alpha)s), *rc = PyArray_GETCONTIGUOUS(%(a)s);
-        lc_weighted_sum(N, L, D, (float*)PyArray_DATA(ac), (float*)PyArray_DATA(rc),
-                        (float*)PyArray_DATA(%(r)s));
-        Py_DECREF(ac); Py_DECREF(rc);
-        }
-        """ % dict(locals(), fail=fail)
-
-    def c_support_code(self, **kwargs):
-        return _FAST_MATH_C + _REGION_C
+        return _region_c_code("lc_weighted_sum", "WeightedSum: alpha must be (N, L), a (N, L, D)",
+                              a, alpha, "L", out[0], "D", "O, A", sub["fail"])
 
 
-class RegionDot(_Float32COp):
+class RegionDot(_RegionOp):
     """``e[n, l] = a[n, l] . g[n]``: each region's dot product with a vector.
 
     ``a`` (N, L, D), ``g`` (N, D); output (N, L). The gradient of
@@ -859,26 +848,30 @@ class RegionDot(_Float32COp):
     def c_code(self, node, name, inp, out, sub):
         self._check_float32(node)
         a, g = inp
-        e, = out
-        fail = sub["fail"]
-        return r"""
-        {
-        npy_intp N = PyArray_DIMS(%(a)s)[0], L = PyArray_DIMS(%(a)s)[1], D = PyArray_DIMS(%(a)s)[2];
-        if (PyArray_DIMS(%(g)s)[0] != N || PyArray_DIMS(%(g)s)[1] != D) {
-            PyErr_SetString(PyExc_ValueError, "RegionDot: a must be (N, L, D), g (N, D)");
-            %(fail)s
-        }
-        npy_intp dims[2] = {N, L};
-        if (lc_output(&%(e)s, 2, dims)) { %(fail)s }
-        PyArrayObject *ac = PyArray_GETCONTIGUOUS(%(a)s), *gc = PyArray_GETCONTIGUOUS(%(g)s);
-        lc_region_dot(N, L, D, (float*)PyArray_DATA(ac), (float*)PyArray_DATA(gc),
-                      (float*)PyArray_DATA(%(e)s));
-        Py_DECREF(ac); Py_DECREF(gc);
-        }
-        """ % dict(locals(), fail=fail)
+        return _region_c_code("lc_region_dot", "RegionDot: a must be (N, L, D), g (N, D)",
+                              a, g, "D", out[0], "L", "A, O", sub["fail"])
 
-    def c_support_code(self, **kwargs):
-        return _FAST_MATH_C + _REGION_C
+
+def _region_c_code(function, message, a, other, other_cols, result, result_cols, args, fail):
+    """The C code of :class:`WeightedSum` and :class:`RegionDot`: regions ``a``
+    (N, L, D) and a matrix ``other`` (N, other_cols) give ``result``
+    (N, result_cols) through ``function(N, L, D, args, result)``, where ``A``
+    and ``O`` in ``args`` are the two inputs' data."""
+    return r"""
+    {
+    npy_intp N = PyArray_DIMS(%(a)s)[0], L = PyArray_DIMS(%(a)s)[1], D = PyArray_DIMS(%(a)s)[2];
+    if (PyArray_DIMS(%(other)s)[0] != N || PyArray_DIMS(%(other)s)[1] != %(other_cols)s) {
+        PyErr_SetString(PyExc_ValueError, "%(message)s");
+        %(fail)s
+    }
+    npy_intp dims[2] = {N, %(result_cols)s};
+    if (lc_output(&%(result)s, 2, dims)) { %(fail)s }
+    PyArrayObject *ac = PyArray_GETCONTIGUOUS(%(a)s), *oc = PyArray_GETCONTIGUOUS(%(other)s);
+    const float *A = (float*)PyArray_DATA(ac), *O = (float*)PyArray_DATA(oc);
+    %(function)s(N, L, D, %(args)s, (float*)PyArray_DATA(%(result)s));
+    Py_DECREF(ac); Py_DECREF(oc);
+    }
+    """ % locals()
 
 
 _REGION_C = r"""
